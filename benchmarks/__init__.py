@@ -1,0 +1,1 @@
+"""Benchmarks for favor-export: run them as modules from the repository root."""

@@ -1,0 +1,1 @@
+"""favor.exporter: torch to ONNX and TorchScript, with a manifest and hard validation."""

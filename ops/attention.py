@@ -1,0 +1,219 @@
+"""``FavorAttention``: random-feature attention with SDPA's call shapes, ready for export."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .causal import causal_chunked, causal_step
+from .checks import check_choice, check_key_padding_mask, check_positive_int, check_qkv, check_state
+from .features import KERNELS, POSITIVE_KERNELS, feature_dim, key_features, query_features
+from .noncausal import noncausal
+from .projections import ORF_NORMS, PROJECTIONS, draw_projection
+
+# Lower bound on |denominator| for kernels whose features can be negative (TrigRF). Positive
+# kernels only need to avoid 0 / 0 and use the dtype's smallest normal number instead.
+SIGNED_DENOMINATOR_FLOOR = 1e-6
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Features and sums run in float32 for half inputs: exp() and long sums need its range."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def append_ones(v: torch.Tensor) -> torch.Tensor:
+    """``(..., Dv) -> (..., Dv + 1)``: the ones column makes the denominator ride along."""
+    return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+
+
+def saturate_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast, clamping to ``dtype``'s finite range: an fp16 result saturates instead of becoming inf.
+
+    Only TrigRF can get there, when its signed denominator estimate lands near zero.
+    """
+    if dtype == x.dtype:
+        return x
+    info = torch.finfo(dtype)
+    return x.clamp(min=info.min, max=info.max).to(dtype)
+
+
+def divide(out: torch.Tensor, *, signed: bool) -> torch.Tensor:
+    """Split ``(..., Dv + 1)`` into numerator and denominator and divide, guarding the latter."""
+    numerator, denominator = out[..., :-1], out[..., -1:]
+    if signed:
+        floor = SIGNED_DENOMINATOR_FLOOR
+        denominator = torch.where(
+            denominator < 0, denominator.clamp(max=-floor), denominator.clamp(min=floor)
+        )
+    else:
+        denominator = denominator.clamp(min=torch.finfo(denominator.dtype).tiny)
+    return numerator / denominator
+
+
+class FavorAttention(nn.Module):
+    """Random-feature approximation of ``F.scaled_dot_product_attention``.
+
+    ``q, k (B, H, N, D)`` and ``v (B, H, N, Dv)`` with ``D = dim_head``; output ``(B, H, N, Dv)``
+    in ``v``'s dtype. It applies SDPA's ``1 / sqrt(D)`` scaling, so with enough features it
+    approximates ``F.scaled_dot_product_attention(q, k, v, is_causal=causal)``.
+
+    The projection ``(nb_features, D)`` is a buffer drawn from ``seed`` at construction, saved in
+    the state_dict, and replaced only by :meth:`redraw_`; forward never draws random numbers.
+
+    Causal attention runs as chunked prefix sums (``chunk_size`` tokens per chunk). Its state
+    ``(B, H, M', Dv + 1)`` holds ``sum phi(k) v^T`` with ``sum phi(k)`` as the last column, where
+    ``M'`` is :attr:`feature_dim`; pass it back with ``state=`` to continue a sequence in chunks
+    of any length, or token by token with :meth:`step`.
+    """
+
+    projection_matrix: torch.Tensor
+
+    def __init__(
+        self,
+        dim_head: int,
+        nb_features: int = 256,
+        *,
+        causal: bool = False,
+        kernel: str = "posrf",
+        projection: str = "orf",
+        seed: int = 0,
+        chunk_size: int = 64,
+        orf_norm: str = "chi",
+    ) -> None:
+        super().__init__()
+        self.dim_head = check_positive_int("dim_head", dim_head)
+        self.nb_features = check_positive_int("nb_features", nb_features)
+        self.chunk_size = check_positive_int("chunk_size", chunk_size)
+        self.kernel = check_choice("kernel", kernel, KERNELS)
+        self.projection = check_choice("projection", projection, PROJECTIONS)
+        self.orf_norm = check_choice("orf_norm", orf_norm, ORF_NORMS)
+        self.causal = bool(causal)
+        self.seed = int(seed)
+        self.register_buffer("projection_matrix", self._draw(self.seed))
+
+    @property
+    def feature_dim(self) -> int:
+        """Length ``M'`` of each feature vector (``2 * nb_features`` for paired kernels)."""
+        return feature_dim(self.kernel, self.nb_features)
+
+    def config(self) -> dict:
+        """Constructor arguments, JSON-ready: ``FavorAttention(**m.config())`` rebuilds ``m``."""
+        return {
+            "dim_head": self.dim_head,
+            "nb_features": self.nb_features,
+            "causal": self.causal,
+            "kernel": self.kernel,
+            "projection": self.projection,
+            "seed": self.seed,
+            "chunk_size": self.chunk_size,
+            "orf_norm": self.orf_norm,
+        }
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.config().items())
+
+    def _draw(self, seed: int) -> torch.Tensor:
+        return draw_projection(
+            self.projection, self.nb_features, self.dim_head, seed=seed, orf_norm=self.orf_norm
+        )
+
+    @torch.no_grad()
+    def redraw_(self, seed: int | None = None) -> int:
+        """Replace the projection by a fresh draw and return the seed used.
+
+        With ``seed=None`` the seed comes from torch's global generator, so ``torch.manual_seed``
+        makes a training run's redraws reproducible. Never call this inside a traced forward.
+        """
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        self.projection_matrix.copy_(self._draw(seed))
+        self.seed = int(seed)
+        return self.seed
+
+    def feature_maps(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stabilized features ``(..., D) -> (..., M')`` in the compute dtype, after scaling."""
+        dtype = compute_dtype(q.dtype)
+        scale = self.dim_head**-0.25
+        w = self.projection_matrix.to(dtype)
+        phi_q = query_features(self.kernel, q.to(dtype) * scale, w)
+        phi_k = key_features(self.kernel, k.to(dtype) * scale, w)
+        return phi_q, phi_k
+
+    def state_shape(self, batch: int, heads: int, dim_value: int) -> tuple[int, int, int, int]:
+        """Shape of the carried state: ``(B, H, M', Dv + 1)``."""
+        return (batch, heads, self.feature_dim, dim_value + 1)
+
+    def initial_state(
+        self, batch: int, heads: int, dim_value: int, *, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """An empty float32 state, for callers that want to start :meth:`step` explicitly."""
+        return torch.zeros(self.state_shape(batch, heads, dim_value), device=device)
+
+    def _signed(self) -> bool:
+        return self.kernel not in POSITIVE_KERNELS
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        *,
+        state: torch.Tensor | None = None,
+        return_state: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``q (B, H, Nq, D)``, ``k (B, H, Nk, D)``, ``v (B, H, Nk, Dv)`` -> ``(B, H, Nq, Dv)``.
+
+        ``key_padding_mask (B, Nk)`` is True at padding keys, which then contribute nothing.
+        ``state (B, H, M', Dv + 1)`` stands for keys and values seen in earlier calls. With
+        ``return_state=True`` the result is ``(out, new_state)``.
+        """
+        if not torch.jit.is_tracing():
+            # Shape checks would bake the example's sizes into a trace; the graph's own shape
+            # inference takes over there.
+            check_qkv(q, k, v, dim_head=self.dim_head, causal=self.causal)
+            batch, heads, length = k.shape[:3]
+            check_key_padding_mask(key_padding_mask, batch, length)
+            check_state(state, self.state_shape(batch, heads, v.shape[-1]))
+        phi_q, phi_k = self.feature_maps(q, k)
+        if key_padding_mask is not None:
+            # After the feature map: phi(0) is not 0, so masking keys before it would leak.
+            phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+        values = append_ones(v.to(phi_k.dtype))
+        if state is not None:
+            state = state.to(phi_k.dtype)
+        if self.causal:
+            out, new_state = causal_chunked(phi_q, phi_k, values, state, chunk_size=self.chunk_size)
+        else:
+            out, new_state = noncausal(phi_q, phi_k, values, state)
+        out = saturate_cast(divide(out, signed=self._signed()), v.dtype)
+        return (out, new_state) if return_state else out
+
+    def step(
+        self,
+        q_t: torch.Tensor,
+        k_t: torch.Tensor,
+        v_t: torch.Tensor,
+        state: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One causal token: ``q_t, k_t (B, H, D)``, ``v_t (B, H, Dv)`` -> ``(out_t, state)``.
+
+        ``out_t`` is ``(B, H, Dv)``.
+
+        ``state=None`` starts an empty sequence. The new state has the same size as the old.
+        """
+        if not self.causal:
+            raise ValueError(
+                "step() is the recurrent form of causal attention; build with causal=True"
+            )
+        batch, heads = k_t.shape[:2]
+        if not torch.jit.is_tracing():
+            check_qkv(q_t, k_t, v_t, dim_head=self.dim_head, causal=True, rank=3)
+            check_state(state, self.state_shape(batch, heads, v_t.shape[-1]))
+        phi_q, phi_k = self.feature_maps(q_t, k_t)
+        if state is None:
+            state = phi_k.new_zeros(self.state_shape(batch, heads, v_t.shape[-1]))
+        out, new_state = causal_step(
+            phi_q, phi_k, append_ones(v_t.to(phi_k.dtype)), state.to(phi_k.dtype)
+        )
+        return saturate_cast(divide(out, signed=self._signed()), v_t.dtype), new_state

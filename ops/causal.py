@@ -1,0 +1,85 @@
+"""Causal linear attention in three equivalent forms.
+
+Shapes: ``phi_q, phi_k (B, H, N, M)``; ``values (B, H, N, E)`` whose last column is all ones, so the
+last output column is the denominator; ``state (B, H, M, E)`` is ``sum_j phi(k_j) values_j^T`` over
+every token seen before this call. Its size does not depend on the sequence length.
+
+* :func:`causal_materialized` builds the masked ``N x N`` matrix: O(N^2), the reference.
+* :func:`causal_chunked` is the forward path: a masked quadratic product inside chunks of ``C``
+  tokens and prefix sums over per-chunk summaries between them. Memory is
+  O(N (M + E) + (N / C) M E) instead of the O(N M E) of a per-token cumulative sum.
+* :func:`causal_step` is the recurrent form for one token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def causal_materialized(
+    phi_q: torch.Tensor,
+    phi_k: torch.Tensor,
+    values: torch.Tensor,
+    state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: ``tril(phi_q phi_k^T) values (+ phi_q state)``. Returns ``(out, new_state)``."""
+    scores = torch.tril(phi_q @ phi_k.transpose(-1, -2))
+    out = scores @ values
+    new_state = phi_k.transpose(-1, -2) @ values
+    if state is not None:
+        out = out + phi_q @ state
+        new_state = new_state + state
+    return out, new_state
+
+
+def causal_chunked(
+    phi_q: torch.Tensor,
+    phi_k: torch.Tensor,
+    values: torch.Tensor,
+    state: torch.Tensor | None = None,
+    *,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked prefix sums, any ``N >= 1``. Returns ``(out (B, H, N, E), new_state (B, H, M, E))``.
+
+    The sequence is zero-padded to a multiple of ``chunk_size``. Zero key features and zero values
+    add nothing to any sum, and padded query rows are cut off, so padding never changes a result.
+    Padding uses concatenation with zeros rather than ``F.pad``, which the ONNX opset-17 converter
+    cannot express with a dynamic length.
+    """
+    batch, heads, length, features = phi_q.shape
+    width = values.shape[-1]
+    pad = (chunk_size - length % chunk_size) % chunk_size
+
+    def chunks(x: torch.Tensor) -> torch.Tensor:
+        zeros = x.new_zeros(batch, heads, pad, x.shape[-1])
+        return torch.cat([x, zeros], dim=2).reshape(batch, heads, -1, chunk_size, x.shape[-1])
+
+    q_c, k_c, v_c = chunks(phi_q), chunks(phi_k), chunks(values)
+    summaries = k_c.transpose(-1, -2) @ v_c  # (B, H, n_chunks, M, E)
+    # Exclusive prefix sum: shift by one chunk, then a plain cumulative sum. Subtracting each
+    # chunk from an inclusive sum would cancel catastrophically when one chunk dominates.
+    shifted = torch.cat(
+        [summaries.new_zeros(batch, heads, 1, features, width), summaries[:, :, :-1]], 2
+    )
+    prefix = torch.cumsum(shifted, dim=2)
+    if state is not None:
+        prefix = prefix + state.unsqueeze(2)
+    mask = torch.tril(torch.ones(chunk_size, chunk_size, dtype=phi_q.dtype, device=phi_q.device))
+    scores = (q_c @ k_c.transpose(-1, -2)) * mask
+    out = q_c @ prefix + scores @ v_c
+    out = out.reshape(batch, heads, -1, width)[:, :, :length]
+    new_state = prefix[:, :, -1] + summaries[:, :, -1]
+    return out, new_state
+
+
+def causal_step(
+    phi_q: torch.Tensor, phi_k: torch.Tensor, values: torch.Tensor, state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token: ``phi_q, phi_k (B, H, M)``, ``values (B, H, E)``, ``state (B, H, M, E)``.
+
+    Returns ``(out (B, H, E), new_state)``; the token attends to itself and everything before.
+    """
+    new_state = state + phi_k.unsqueeze(-1) * values.unsqueeze(-2)
+    out = (phi_q.unsqueeze(-2) @ new_state).squeeze(-2)
+    return out, new_state

@@ -1,0 +1,1 @@
+"""favor.runtime: ONNX Runtime sessions and streaming decode; imports only numpy and onnxruntime."""

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from favor.ops.projections import PROJECTIONS, draw_projection
+
+
+@pytest.mark.parametrize("kind", PROJECTIONS)
+def test_same_seed_same_matrix_other_seed_other_matrix(kind):
+    a = draw_projection(kind, 48, 16, seed=3)
+    assert a.shape == (48, 16) and a.dtype == torch.float32
+    assert torch.equal(a, draw_projection(kind, 48, 16, seed=3))
+    assert not torch.allclose(a, draw_projection(kind, 48, 16, seed=4))
+
+
+@pytest.mark.parametrize("norm", ["chi", "sqrt_d"])
+def test_orf_rows_are_orthogonal_within_each_block(norm):
+    dim, blocks = 16, 3
+    w = draw_projection("orf", dim * blocks + 5, dim, seed=0, orf_norm=norm).double()
+    for b in range(blocks):
+        block = w[b * dim : (b + 1) * dim]
+        gram = block @ block.T
+        off_diagonal = gram - torch.diag(torch.diagonal(gram))
+        assert off_diagonal.abs().max() < 1e-4 * gram.diagonal().max()
+    if norm == "sqrt_d":
+        torch.testing.assert_close(
+            w.norm(dim=1), torch.full((w.shape[0],), math.sqrt(dim)).double()
+        )
+
+
+@pytest.mark.parametrize("kind", PROJECTIONS)
+def test_rows_have_gaussian_moments(kind):
+    # 16 384 entries: the mean has standard error 1/128 and the variance about sqrt(2)/128, so
+    # a 5-sigma band is +-0.04 and +-0.055. A wrong scale (e.g. unit rows) misses by far more.
+    w = draw_projection(kind, 1024, 16, seed=1).double()
+    assert abs(w.mean().item()) < 0.04
+    assert abs(w.pow(2).mean().item() - 1.0) < 0.055
+
+
+def test_orf_directions_are_sign_fixed_haar():
+    # Without the sign fix, QR of a Gaussian matrix gives R a positive diagonal only by LAPACK's
+    # convention, which biases each row towards the corresponding axis; with it the first
+    # coordinate of unit rows has mean 0. 200 blocks x 8 rows: standard error ~ 0.0125.
+    w = draw_projection("orf", 8 * 200, 8, seed=0, orf_norm="sqrt_d").double()
+    diag_coords = torch.stack([w[i * 8 : (i + 1) * 8].diagonal() for i in range(200)]) / math.sqrt(
+        8
+    )
+    assert abs(diag_coords.mean().item()) < 0.07
+
+
+def test_unknown_projection_and_norm_are_rejected():
+    with pytest.raises(ValueError, match="projection must be one of"):
+        draw_projection("sobol", 8, 4, seed=0)
+    with pytest.raises(ValueError, match="orf_norm"):
+        draw_projection("orf", 8, 4, seed=0, orf_norm="unit")
