@@ -1,0 +1,254 @@
+"""The Python API: ``export``, ``validate_export`` and ``assert_parity``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import LoadedModel, load_model
+from .errors import ExportError, ValidationError
+from .files import prepare_output_dir, publish, staging_dir
+from .known_models import exportable
+from .manifest import build_manifest, dumps, find_manifest, read_manifest, spec_from_manifest
+from .onnx_graph import EXPORTERS, build_onnx, check_opset, output_dims, save_onnx
+from .specs import ModelSpec
+from .torchscript import build_torchscript
+from .validation import ValidationReport, validate
+
+FORMATS = ("onnx", "torchscript")
+DEFAULT_OPSET = 17
+# Chosen by measurement (`python -m benchmarks.exporters`, README "Choosing the ONNX exporter"):
+# the dynamo exporter's graphs have a third of the nodes and run about 2x faster in ONNX Runtime,
+# for prefill and decode alike. It takes several times longer to export, which a user pays once.
+DEFAULT_EXPORTER = "dynamo"
+
+Progress = Callable[[str, str], None]
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` wrote: file paths by role, the manifest, and the validation report."""
+
+    output_dir: Path
+    files: dict[str, Path]
+    manifest_path: Path
+    manifest: dict
+    report: ValidationReport | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def onnx_path(self) -> Path | None:
+        return self.files.get("onnx")
+
+    @property
+    def torchscript_path(self) -> Path | None:
+        return self.files.get("torchscript")
+
+
+def _silent(_stage: str, _message: str) -> None:
+    pass
+
+
+def _load(
+    model: nn.Module | str | Path, allow_modules: Sequence[str], trust_pickle: bool
+) -> tuple[LoadedModel, Path | None]:
+    if isinstance(model, nn.Module):
+        return LoadedModel(
+            model.eval(), "module", f"{type(model).__module__}.{type(model).__qualname__}"
+        ), None
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        return load_model(path, allow_modules=tuple(allow_modules), trust_pickle=trust_pickle), path
+    raise ExportError(f"model must be an nn.Module or a path, got {type(model).__name__}")
+
+
+def _parse_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
+    items = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats)]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown or not items:
+        raise ExportError(
+            f"format must be a comma-separated subset of {', '.join(FORMATS)}, "
+            f"got {','.join(items)!r}"
+        )
+    return tuple(f for f in FORMATS if f in items)
+
+
+def _choose_exporter(loaded: LoadedModel, exporter: str | None) -> str:
+    if exporter is not None and exporter not in EXPORTERS:
+        raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if loaded.source == "torchscript":
+        if exporter == "dynamo":
+            raise ExportError(
+                "a TorchScript archive can only be exported with --exporter torchscript "
+                "(torch.export cannot read TorchScript)"
+            )
+        return "torchscript"
+    return exporter or DEFAULT_EXPORTER
+
+
+def export(
+    model: nn.Module | str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    name: str | None = None,
+    formats: Sequence[str] | str = FORMATS,
+    exporter: str | None = None,
+    inputs: Sequence[str] = (),
+    validate_outputs: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+    allow_modules: Sequence[str] = (),
+    trust_pickle: bool = False,
+    external_data: bool | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export ``model`` (a module, or a path to a checkpoint/TorchScript/pickle) and validate it.
+
+    Writes ``<name>.onnx``, ``<name>.torchscript.pt`` and ``<name>.manifest.json`` into
+    ``output_dir`` (default: beside the input file). Files appear only when everything,
+    validation included, succeeded. Raises :class:`ExportError` for bad input and
+    :class:`ValidationError` when the exported files do not match PyTorch.
+    """
+    say = progress or _silent
+    chosen_formats = _parse_formats(formats)
+    say("load", str(model) if not isinstance(model, nn.Module) else type(model).__name__)
+    loaded, source_path = _load(model, allow_modules, trust_pickle)
+    chosen_exporter = _choose_exporter(loaded, exporter)
+    if "onnx" in chosen_formats:
+        check_opset(opset, chosen_exporter)
+    if output_dir is None:
+        if source_path is None:
+            raise ExportError("output_dir is required when exporting a module object")
+        output_dir = source_path.parent
+    name = name or (source_path.stem if source_path else type(loaded.module).__name__.lower())
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"name {name!r} cannot be used as a file name")
+    module, spec = exportable(loaded.module, list(inputs))
+    say(
+        "model",
+        f"{loaded.source} {loaded.class_path or type(loaded.module).__name__}: {spec.kind}, "
+        f"inputs {', '.join(t.name for t in spec.inputs)}",
+    )
+    out = prepare_output_dir(Path(output_dir))
+    with staging_dir(out) as stage:
+        files: dict[str, Path] = {}
+        if "onnx" in chosen_formats:
+            say("export", f"ONNX opset {opset} with torch's {chosen_exporter} exporter")
+            graph = build_onnx(module, spec, opset=opset, exporter=chosen_exporter)
+            say("check", "onnx.checker (full check) and shape inference")
+            written = save_onnx(graph, stage / f"{name}.onnx", external_data=external_data)
+            files["onnx"] = stage / written[0]
+            if len(written) > 1:
+                files["onnx_data"] = stage / written[1]
+        if "torchscript" in chosen_formats:
+            say("trace", "TorchScript")
+            build_torchscript(module, spec, stage / f"{name}.torchscript.pt")
+            files["torchscript"] = stage / f"{name}.torchscript.pt"
+        report = None
+        if validate_outputs:
+            report = validate(
+                module, spec,
+                onnx_path=files.get("onnx"), torchscript_path=files.get("torchscript"),
+                atol=atol, rtol=rtol, progress=lambda message: say("validate", message),
+            )  # fmt: skip
+        manifest = _manifest(
+            name,
+            spec,
+            module,
+            loaded,
+            opset if "onnx" in chosen_formats else None,
+            chosen_exporter,
+            files,
+            report,
+        )
+        manifest_name = f"{name}.manifest.json"
+        (stage / manifest_name).write_bytes(dumps(manifest))
+        if report is not None and not report.passed:
+            raise ValidationError(
+                "the exported model does not match PyTorch; nothing was written", report
+            )
+        say("write", str(out))
+        publish(stage, out, [p.name for p in files.values()] + [manifest_name])
+    return ExportResult(
+        out,
+        {role: out / p.name for role, p in files.items()},
+        out / manifest_name,
+        manifest,
+        report,
+    )
+
+
+def _manifest(
+    name, spec: ModelSpec, module, loaded: LoadedModel, opset, exporter, files, report
+) -> dict:
+    dims = output_dims(module, spec)
+    with torch.no_grad():
+        outputs = module(*spec.example())
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    dtypes = {
+        n: str(t.dtype).removeprefix("torch.")
+        for n, t in zip(spec.output_names, outputs, strict=True)
+    }
+    return build_manifest(
+        name=name, spec=spec, output_dims=dims, output_dtypes=dtypes, model=loaded.module,
+        source={"format": loaded.source, "class": loaded.class_path, "config": loaded.config},
+        opset=opset, exporter=exporter if "onnx" in files else None, files=files,
+        validation=None if report is None else report.to_json(),
+    )  # fmt: skip
+
+
+def validate_export(
+    model: nn.Module | str | Path,
+    export_dir: str | Path,
+    *,
+    name: str | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    allow_modules: Sequence[str] = (),
+    trust_pickle: bool = False,
+    progress: Progress | None = None,
+) -> ValidationReport:
+    """Re-run export-time validation of an existing export against ``model``.
+
+    Checks the manifest's sha256 of every file first; uses the manifest's tolerances unless
+    ``atol``/``rtol`` are given. Returns the report; it does not raise on a mismatch.
+    """
+    say = progress or _silent
+    manifest_path = find_manifest(Path(export_dir), name)
+    say("load", str(manifest_path))
+    manifest = read_manifest(manifest_path)
+    loaded, _ = _load(model, allow_modules, trust_pickle)
+    spec = spec_from_manifest(manifest)
+    declared = [_declaration(i) for i in manifest["inputs"]] if manifest["kind"] == "module" else []
+    module, _ = exportable(loaded.module, declared)
+    stored = manifest.get("validation") or {}
+    files = {
+        role: manifest_path.parent / entry["path"] for role, entry in manifest["files"].items()
+    }
+    return validate(
+        module, spec,
+        onnx_path=files.get("onnx"), torchscript_path=files.get("torchscript"),
+        atol=stored.get("atol") if atol is None else atol,
+        rtol=stored.get("rtol") if rtol is None else rtol,
+        progress=lambda message: say("validate", message),
+    )  # fmt: skip
+
+
+def _declaration(entry: dict) -> str:
+    text = f"{entry['name']}:{','.join(map(str, entry['shape']))}:{entry['dtype']}"
+    return text + (f":{entry['range'][0]}..{entry['range'][1]}" if "range" in entry else "")
+
+
+def assert_parity(
+    model: nn.Module | str | Path, export_dir: str | Path, *, name: str | None = None, **kwargs
+) -> ValidationReport:
+    """pytest-friendly: raise ``AssertionError`` with the per-output table when parity fails."""
+    report = validate_export(model, export_dir, name=name, **kwargs)
+    if not report.passed:
+        raise AssertionError(f"exported model does not match PyTorch:\n{report.table()}")
+    return report

@@ -1,0 +1,286 @@
+"""Command-line entry points: ``favor-export`` and ``favor-validate``.
+
+Exit codes: 0 success, 1 the export does not match PyTorch, 2 bad input or usage, 3 an internal
+error (a bug: please report it with the ``--debug`` traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+
+from .errors import ExportError, ValidationError
+from .files import atomic_write_bytes
+
+INTERNAL_ERROR = 3
+
+
+class Reporter:
+    """Progress lines on stderr, one per stage, with the time since start."""
+
+    def __init__(self, program: str, quiet: bool) -> None:
+        self.program, self.quiet, self.start = program, quiet, time.perf_counter()
+
+    def __call__(self, stage: str, message: str) -> None:
+        if not self.quiet:
+            elapsed = time.perf_counter() - self.start
+            click.echo(f"{self.program}: {elapsed:6.1f}s {stage:<9} {message}", err=True)
+
+
+@contextlib.contextmanager
+def _errors_to_exit_codes(program: str, debug: bool, as_json: bool) -> Iterator[None]:
+    """One-line messages and exit codes instead of tracebacks (``--debug`` keeps them)."""
+    try:
+        yield
+    except ExportError as error:
+        if debug:
+            traceback.print_exc()
+        report = getattr(error, "report", None)
+        if report is not None and not as_json:
+            click.echo(report.table(), err=True)
+        if as_json:
+            payload = {"ok": False, "exit_code": error.exit_code, "error": str(error)}
+            if report is not None:
+                payload["validation"] = report.to_json()
+            click.echo(json.dumps(payload, indent=2))
+        click.echo(f"{program}: error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo(f"{program}: interrupted; nothing was written", err=True)
+        sys.exit(130)
+    except Exception as error:  # the last line of defence: no raw traceback without --debug
+        if debug:
+            traceback.print_exc()
+        click.echo(
+            f"{program}: internal error: {type(error).__name__}: {error} "
+            "(run again with --debug for the traceback, and please report it)",
+            err=True,
+        )
+        sys.exit(INTERNAL_ERROR)
+
+
+def _common_options(func: Callable) -> Callable:
+    options = [
+        click.option(
+            "--atol", type=float, help="Absolute tolerance [default: per dtype, 1e-4 for float32]."
+        ),
+        click.option(
+            "--rtol", type=float, help="Relative tolerance [default: per dtype, 1e-4 for float32]."
+        ),
+        click.option(
+            "--allow-module",
+            "allow_modules",
+            multiple=True,
+            metavar="NAME",
+            help="Also allow checkpoint classes from module NAME (and its submodules). Repeatable.",
+        ),
+        click.option(
+            "--trust-pickle",
+            is_flag=True,
+            help="Allow MODEL to be a whole pickled nn.Module. Unpickling runs code from the "
+            "file: only for files you trust.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress output."),
+        click.option("--debug", is_flag=True, help="Show Python tracebacks for errors."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+EXPORT_HELP = """Export MODEL to ONNX, TorchScript and a manifest, validated against PyTorch.
+
+MODEL is a favor checkpoint (favor.exporter.save_checkpoint), a TorchScript archive, or, with
+--trust-pickle, a pickled nn.Module. Writes NAME.onnx, NAME.torchscript.pt and
+NAME.manifest.json into the output directory, only after validation passes: a failed export
+leaves the directory as it was.
+
+\b
+Examples:
+  favor-export lm.pt --opset 17
+      export a reference model (PerformerLM, PerformerEncoder): no declarations needed
+  favor-export lm.pt -o dist/ --format onnx --exporter torchscript
+  favor-export encoder.torchscript.pt --input x:batch,seq=128,256:float32
+      other models declare each input as NAME:DIMS:DTYPE; a dim is a size, a symbol,
+      or a symbol with the example size to trace at
+  favor-export model.pt --input tokens:batch,seq:int64:0..32000 --allow-module mylab
+      integer inputs may give the value range validation draws from
+
+\b
+Causal LMs export one stateful graph: inputs tokens + state.*, outputs logits + new_state.*;
+feed new_state.* back as state.* to continue (prefill any length, decode with seq=1).
+
+\b
+Exit codes: 0 exported and validated, 1 validation failed, 2 bad input, 3 internal error.
+"""
+
+
+@click.command(
+    help=EXPORT_HELP,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output directory [default: beside MODEL].",
+)
+@click.option(
+    "--opset",
+    type=int,
+    default=17,
+    show_default=True,
+    help="ONNX opset: 14 (17 for dynamo) up to the highest the installed onnxruntime runs.",
+)
+@click.option(
+    "--name", help="Base name of the output files [default: MODEL's file name without suffix]."
+)
+@click.option(
+    "--format",
+    "formats",
+    default="onnx,torchscript",
+    show_default=True,
+    help="What to write: onnx, torchscript, or both.",
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(["dynamo", "torchscript"]),
+    help="torch's ONNX exporter [default: dynamo; torchscript for TorchScript input].",
+)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME:DIMS:DTYPE",
+    help="Declare an input (not needed for reference models). Repeatable, in forward's order.",
+)
+@click.option(
+    "--validate/--no-validate",
+    default=True,
+    show_default=True,
+    help="Compare with PyTorch over several batch sizes and lengths; fail on any miss.",
+)
+@click.option(
+    "--external-data",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Store weights beside the graph (auto: above 1 GiB).",
+)
+@_common_options
+def export_command(
+    model,
+    output,
+    opset,
+    name,
+    formats,
+    exporter,
+    inputs,
+    validate,
+    external_data,
+    atol,
+    rtol,
+    allow_modules,
+    trust_pickle,
+    as_json,
+    quiet,
+    debug,
+) -> None:
+    from .api import export
+
+    report = Reporter("favor-export", quiet)
+    with _errors_to_exit_codes("favor-export", debug, as_json):
+        result = export(
+            model, output, opset=opset, name=name, formats=formats, exporter=exporter,
+            inputs=inputs,
+            validate_outputs=validate, atol=atol, rtol=rtol, allow_modules=allow_modules,
+            trust_pickle=trust_pickle,
+            external_data={"auto": None, "always": True, "never": False}[external_data],
+            progress=report,
+        )  # fmt: skip
+        if result.report is not None and not quiet and not as_json:
+            click.echo(result.report.table(), err=True)
+        if as_json:
+            payload = {
+                "ok": True,
+                "output_dir": str(result.output_dir),
+                "files": {role: str(path) for role, path in result.files.items()},
+                "manifest": str(result.manifest_path),
+                "validation": None if result.report is None else result.report.to_json(),
+            }
+            click.echo(json.dumps(payload, indent=2))
+        elif not quiet:
+            for path in [*result.files.values(), result.manifest_path]:
+                click.echo(str(path))
+
+
+VALIDATE_HELP = """Re-check an existing export against its PyTorch model, without re-exporting.
+
+Runs the same sweep as export-time validation (batch sizes, lengths, prefill + decode for causal
+LMs) with the tolerances stored in the manifest, after checking every file's sha256. Use it in
+CI after upgrading torch or onnxruntime.
+
+\b
+Examples:
+  favor-validate dist/ lm.pt
+  favor-validate dist/ lm.pt --junit-xml parity.xml --json
+
+\b
+Exit codes: 0 parity holds, 1 parity fails, 2 bad input, 3 internal error.
+"""
+
+
+@click.command(
+    help=VALIDATE_HELP,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--name", help="Which export in EXPORT_DIR, when it holds several.")
+@click.option(
+    "--junit-xml",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the result as JUnit XML for CI.",
+)
+@_common_options
+def validate_command(
+    export_dir,
+    model,
+    name,
+    junit_xml,
+    atol,
+    rtol,
+    allow_modules,
+    trust_pickle,
+    as_json,
+    quiet,
+    debug,
+) -> None:
+    from .api import validate_export
+
+    report_progress = Reporter("favor-validate", quiet)
+    with _errors_to_exit_codes("favor-validate", debug, as_json):
+        report = validate_export(
+            model, export_dir, name=name, atol=atol, rtol=rtol, allow_modules=allow_modules,
+            trust_pickle=trust_pickle, progress=report_progress,
+        )  # fmt: skip
+        if junit_xml is not None:
+            try:
+                atomic_write_bytes(junit_xml, report.junit_xml().encode())
+            except OSError as error:
+                raise ExportError(f"cannot write {junit_xml}: {error.strerror}") from None
+        if as_json:
+            click.echo(json.dumps({"ok": report.passed, "validation": report.to_json()}, indent=2))
+        elif not quiet:
+            click.echo(report.table(), err=True)
+        if not report.passed:
+            raise ValidationError("the export does not match PyTorch", None)

@@ -1,0 +1,184 @@
+"""The manifest written beside the exported files, and reading it back.
+
+The runtime learns everything from it: inputs and outputs with dtypes and symbolic dims, which
+outputs feed which inputs on the next call, the attention configuration of every layer, the
+validation report, and the sha256 of every file. ``manifest.schema.json`` beside this module is
+its JSON schema.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from favor.ops import FavorAttention
+
+from .errors import ExportError
+from .files import sha256_file
+from .specs import ModelSpec, TensorSpec
+
+FORMAT = "favor-export-manifest"
+FORMAT_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    return {
+        "favor-export": _package_version("favor-export"),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "onnxscript": _package_version("onnxscript"),
+    }
+
+
+def attention_layers(model: nn.Module) -> list[dict]:
+    """Configuration of every FavorAttention inside ``model``, with its submodule path."""
+    layers = []
+    for path, sub in model.named_modules():
+        if isinstance(sub, FavorAttention):
+            layers.append({"path": path, **sub.config(), "feature_dim": sub.feature_dim})
+    return layers
+
+
+def build_manifest(
+    *,
+    name: str,
+    spec: ModelSpec,
+    output_dims: dict[str, tuple],
+    output_dtypes: dict[str, str],
+    model: nn.Module,
+    source: dict,
+    opset: int | None,
+    exporter: str | None,
+    files: dict[str, Path],
+    validation: dict | None,
+) -> dict:
+    """The manifest as a JSON-ready dict; ``files`` maps role (``onnx``...) to written paths."""
+    inputs = {t.name: t for t in spec.inputs}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "kind": spec.kind,
+        "versions": library_versions(),
+        "opset": opset,
+        "exporter": exporter,
+        "source": source,
+        "inputs": [t.to_json() | {"sampler": t.sampler} for t in spec.inputs],
+        "outputs": [
+            {"name": n, "dtype": output_dtypes[n], "shape": list(output_dims[n])}
+            for n in spec.output_names
+        ],
+        "state": [
+            {
+                "input": s.input,
+                "output": s.output,
+                "dtype": inputs[s.input].dtype,
+                "shape": list(inputs[s.input].dims),
+                "initial": "zeros",
+            }
+            for s in spec.states
+        ],
+        "sequence_dim": spec.sequence_dim,
+        "chunk_size": spec.chunk_size,
+        "attention": attention_layers(model),
+        "example_sizes": spec.example_sizes,
+        "sweep": list(spec.sweep),
+        "validation": validation,
+        "files": {
+            role: {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+            for role, path in files.items()
+        },
+    }
+
+
+def dumps(manifest: dict) -> bytes:
+    """Stable bytes: the same manifest always serializes identically."""
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def find_manifest(export_dir: Path, name: str | None = None) -> Path:
+    """The manifest in ``export_dir``; ``name`` picks one when there are several."""
+    if not export_dir.is_dir():
+        raise ExportError(f"export directory not found: {export_dir}")
+    if name is not None:
+        path = export_dir / f"{name}.manifest.json"
+        if not path.is_file():
+            raise ExportError(f"no manifest {path.name} in {export_dir}")
+        return path
+    found = sorted(export_dir.glob("*.manifest.json"))
+    if not found:
+        raise ExportError(
+            f"no *.manifest.json in {export_dir}: is it a favor-export output directory?"
+        )
+    if len(found) > 1:
+        names = ", ".join(p.name.removesuffix(".manifest.json") for p in found)
+        raise ExportError(f"{export_dir} holds several exports ({names}); choose one with --name")
+    return found[0]
+
+
+def read_manifest(path: Path) -> dict:
+    """Parse a manifest and check its format and the sha256 of every file it lists."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ExportError(f"cannot read manifest {path}: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ExportError(f"{path} is not a favor-export manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ExportError(
+            f"{path} has manifest format version {manifest.get('format_version')}; "
+            f"this favor-export reads {FORMAT_VERSION}"
+        )
+    for role, entry in manifest.get("files", {}).items():
+        file = path.parent / entry["path"]
+        if not file.is_file():
+            raise ExportError(
+                f"the manifest's {role} file {file.name} is missing from {path.parent}"
+            )
+        if sha256_file(file) != entry["sha256"]:
+            raise ExportError(
+                f"{file.name} does not match the sha256 in {path.name}: "
+                "the file changed after export"
+            )
+    return manifest
+
+
+def spec_from_manifest(manifest: dict) -> ModelSpec:
+    """Rebuild the :class:`ModelSpec` an export was made and validated with."""
+    from .specs import StateSpec
+
+    inputs = tuple(
+        TensorSpec(
+            i["name"],
+            tuple(i["shape"]),
+            i["dtype"],
+            *(i.get("range") or (0, 2)),
+            sampler=i.get("sampler", "data"),
+        )
+        for i in manifest["inputs"]
+    )
+    return ModelSpec(
+        manifest["kind"],
+        inputs,
+        tuple(o["name"] for o in manifest["outputs"]),
+        dict(manifest["example_sizes"]),
+        tuple(dict(s) for s in manifest["sweep"]),
+        states=tuple(StateSpec(s["input"], s["output"]) for s in manifest["state"]),
+        sequence_dim=manifest.get("sequence_dim"),
+        chunk_size=manifest.get("chunk_size"),
+    )

@@ -1,0 +1,282 @@
+"""favor-export and favor-validate end to end: CLI runner, real subprocesses, bad input."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+from click.testing import CliRunner
+
+from favor.exporter import ValidationError, assert_parity, export, save_checkpoint
+from favor.exporter.cli import export_command, validate_command
+from favor.exporter.manifest import SCHEMA_PATH
+from favor.exporter.onnx_graph import onnxruntime_limits
+from tests.exporter.custom_models import TinyBlock
+
+HIGHEST = onnxruntime_limits()[0]
+BIN = Path(sys.executable).parent
+
+
+def _run(command, args):
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+
+
+def _tree(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("opset", [17, HIGHEST], ids=["opset17", "highest"])
+@pytest.mark.parametrize("model", ["lm", "encoder"])
+def test_export_end_to_end(model, opset, exporter, lm_checkpoint, encoder_checkpoint, tmp_path):
+    checkpoint = {"lm": lm_checkpoint, "encoder": encoder_checkpoint}[model]
+    result = _run(
+        export_command,
+        [checkpoint, "-o", tmp_path, "--opset", opset, "--exporter", exporter, "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["ok"] and payload["validation"]["passed"]
+    stem = checkpoint.stem
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{stem}.onnx", f"{stem}.torchscript.pt", f"{stem}.manifest.json"]
+    )
+    manifest = json.loads((tmp_path / f"{stem}.manifest.json").read_text())
+    jsonschema.validate(manifest, json.loads(SCHEMA_PATH.read_text()))
+    assert manifest["opset"] == opset and manifest["exporter"] == exporter
+    backends = {row["backend"] for row in manifest["validation"]["rows"]}
+    assert {"onnxruntime-cpu", "torchscript", "onnx-reference"} <= backends
+    if model == "lm":
+        assert "onnxruntime-cpu (decode)" in backends
+    # The progress output names every stage.
+    for stage in ("load", "export", "check", "trace", "validate", "write"):
+        assert f" {stage} " in result.stderr
+
+
+def test_export_in_a_real_subprocess_is_deterministic(lm_checkpoint, tmp_path):
+    trees = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        done = subprocess.run(
+            [BIN / "favor-export", lm_checkpoint, "-o", out, "--exporter", "torchscript", "-q"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""  # --quiet
+        trees.append(_tree(out))
+    assert trees[0] == trees[1]
+
+
+def test_torchscript_loads_where_favor_cannot_be_imported(lm_export):
+    script = (
+        "import sys; sys.modules['favor'] = None\n"
+        "import torch\n"
+        f"m = torch.jit.load({str(lm_export.torchscript_path)!r})\n"
+        "kv = [torch.zeros(2, 2, 16, 17) for _ in range(2)]\n"
+        "state = [torch.zeros(2, dtype=torch.long), *kv]\n"
+        "out = m(torch.randint(0, 40, (2, 30)), *state)\n"
+        "print(tuple(out[0].shape))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(2, 30, 40)"
+
+
+def test_help_teaches_with_examples():
+    result = _run(export_command, ["--help"])
+    assert result.exit_code == 0
+    assert "Examples:" in result.output and "--input x:batch,seq=128,256:float32" in result.output
+    assert "Exit codes" in _run(validate_command, ["--help"]).output
+
+
+def test_format_and_name_choose_the_files(lm_checkpoint, tmp_path):
+    result = _run(
+        export_command,
+        [
+            lm_checkpoint,
+            "-o",
+            tmp_path,
+            "--format",
+            "onnx",
+            "--name",
+            "tiny",
+            "--exporter",
+            "torchscript",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.manifest.json", "tiny.onnx"]
+
+
+def test_declared_inputs_export_any_allowed_module(tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(TinyBlock(), tmp_path / "block.pt")
+    out = tmp_path / "out"
+    args = [
+        tmp_path / "block.pt",
+        "-o",
+        out,
+        "--allow-module",
+        "tests",
+        "--input",
+        "x:batch,seq=12,16:float32",
+        "--exporter",
+        "torchscript",
+    ]
+    result = _run(export_command, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "block.manifest.json").read_text())
+    assert [o["shape"] for o in manifest["outputs"]] == [["batch", "seq", 16], ["batch", 16]]
+    assert (
+        _run(
+            validate_command, [out, tmp_path / "block.pt", "--allow-module", "tests", "-q"]
+        ).exit_code
+        == 0
+    )
+
+
+def test_a_torchscript_archive_exports_with_declared_inputs(lm_export, tmp_path):
+    block = torch.jit.trace(TinyBlock().eval(), (torch.randn(2, 12, 16),))
+    block.save(str(tmp_path / "block.ts.pt"))
+    result = _run(
+        export_command,
+        [
+            tmp_path / "block.ts.pt",
+            "-o",
+            tmp_path / "out",
+            "--input",
+            "x:batch,seq=12,16:float32",
+            "--format",
+            "onnx",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_validation_failure_exits_1_and_writes_nothing(lm_checkpoint, tmp_path):
+    result = _run(
+        export_command,
+        [lm_checkpoint, "-o", tmp_path, "--exporter", "torchscript", "--atol", "0", "--rtol", "0"],
+    )
+    assert result.exit_code == 1
+    assert (
+        "FAIL" in result.stderr and "does not match PyTorch; nothing was written" in result.stderr
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_favor_validate_reports_for_ci(lm_export, lm_checkpoint, tmp_path):
+    junit = tmp_path / "parity.xml"
+    result = _run(
+        validate_command, [lm_export.output_dir, lm_checkpoint, "--json", "--junit-xml", junit]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"] is True
+    assert "<testsuite" in junit.read_text() and 'failures="0"' in junit.read_text()
+    failed = _run(
+        validate_command,
+        [lm_export.output_dir, lm_checkpoint, "--atol", "0", "--rtol", "0", "--junit-xml", junit],
+    )
+    assert failed.exit_code == 1
+    assert "FAIL" in failed.stderr and "<failure" in junit.read_text()
+
+
+def test_assert_parity_is_pytest_friendly(lm_export, lm_checkpoint):
+    assert assert_parity(lm_checkpoint, lm_export.output_dir).passed
+    with pytest.raises(AssertionError, match=r"(?s)does not match PyTorch:.*FAIL"):
+        assert_parity(lm_checkpoint, lm_export.output_dir, atol=0.0, rtol=0.0)
+
+
+def test_python_api_raises_validation_error_with_the_report(lm_checkpoint, tmp_path):
+    with pytest.raises(ValidationError) as info:
+        export(lm_checkpoint, tmp_path, exporter="torchscript", atol=0.0, rtol=0.0)
+    assert not info.value.report.passed
+
+
+def test_edited_export_is_caught_by_its_sha256(lm_checkpoint, tmp_path):
+    export(lm_checkpoint, tmp_path, exporter="torchscript", formats="onnx", validate_outputs=False)
+    with open(tmp_path / "lm.onnx", "ab") as handle:
+        handle.write(b"\0")
+    result = _run(validate_command, [tmp_path, lm_checkpoint])
+    assert result.exit_code == 2
+    assert "lm.onnx does not match the sha256 in lm.manifest.json" in result.stderr
+
+
+def _bad_inputs(tmp_path: Path, lm_checkpoint: Path) -> dict[str, tuple[list, str]]:
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("not a model\n")
+    (tmp_path / "trunc.pt").write_bytes(lm_checkpoint.read_bytes()[:5000])
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pt")
+    save_checkpoint(TinyBlock(), tmp_path / "block.pt")
+    (tmp_path / "file").write_text("x")
+    return {
+        "missing": ([tmp_path / "nope.pt"], "model file not found"),
+        "empty": ([tmp_path / "empty.pt"], "is empty"),
+        "text": ([tmp_path / "text.pt"], "not a PyTorch file"),
+        "truncated": ([tmp_path / "trunc.pt"], "damaged zip archive"),
+        "pickle": ([tmp_path / "pickled.pt"], "unpickling can run arbitrary code"),
+        "not-allowed": ([tmp_path / "block.pt"], "outside the allowed modules"),
+        "opset-low": ([lm_checkpoint, "--opset", "9"], "opset 9 is below"),
+        "opset-high": (
+            [lm_checkpoint, "--opset", str(HIGHEST + 1)],
+            f"above {HIGHEST}, the highest",
+        ),
+        "unwritable": (
+            [lm_checkpoint, "-o", tmp_path / "file" / "sub"],
+            "cannot create output directory",
+        ),
+        "input-spec": (
+            [tmp_path / "block.pt", "--allow-module", "tests", "--input", "x:batch"],
+            "must look like NAME:DIMS:DTYPE",
+        ),
+        "no-input-spec": (
+            [tmp_path / "block.pt", "--allow-module", "tests"],
+            "declare each with --input",
+        ),
+        "bad-format": ([lm_checkpoint, "--format", "onnx,tflite"], "format must be"),
+    }
+
+
+BAD_IDS = [
+    "missing",
+    "empty",
+    "text",
+    "truncated",
+    "pickle",
+    "not-allowed",
+    "opset-low",
+    "opset-high",
+    "unwritable",
+    "input-spec",
+    "no-input-spec",
+    "bad-format",
+]
+
+
+@pytest.mark.parametrize("case", BAD_IDS)
+def test_bad_input_exits_2_with_one_line_and_no_files(case, tmp_path, lm_checkpoint):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    args, message = _bad_inputs(inputs, lm_checkpoint)[case]
+    before = _tree(inputs)
+    out = [] if "-o" in args else ["-o", tmp_path / "out"]
+    result = _run(export_command, [*args, *out])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.output
+    assert _tree(inputs) == before
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = _run(export_command, [tmp_path / "nope.pt", "--debug"])
+    assert result.exit_code == 2 and "Traceback" in result.stderr

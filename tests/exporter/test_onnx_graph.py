@@ -1,0 +1,92 @@
+"""Properties of the exported graph itself."""
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from favor.exporter import ExportError, export
+from favor.exporter.onnx_graph import FORBIDDEN_OPS, onnxruntime_limits
+from favor.exporter.specs import TensorSpec
+from tests.exporter.custom_models import UsesQR, UsesRandom
+
+
+def _dims(value: onnx.ValueInfoProto) -> list:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def test_graph_has_symbolic_axes_constant_projections_and_named_state(lm_export):
+    model = onnx.load(str(lm_export.onnx_path))
+    assert model.opset_import[0].version == 17
+    assert model.ir_version <= onnxruntime_limits()[1]
+    inputs = {v.name: _dims(v) for v in model.graph.input}
+    outputs = {v.name: _dims(v) for v in model.graph.output}
+    assert inputs["tokens"] == ["batch", "seq"]
+    assert inputs["state.0"] == ["batch", 2, 16, 17]
+    assert outputs["logits"] == ["batch", "seq", 40]
+    assert outputs["new_state.1"] == ["batch", 2, 16, 17]
+    assert not {n.op_type for n in model.graph.node} & set(FORBIDDEN_OPS)
+    initializer_shapes = {tuple(t.dims) for t in model.graph.initializer}
+    assert (16, 16) in initializer_shapes or (16, 16) in {
+        tuple(reversed(s)) for s in initializer_shapes
+    }
+
+
+def test_shape_inference_gives_symbolic_output_shapes(lm_export):
+    inferred = onnx.shape_inference.infer_shapes(
+        onnx.load(str(lm_export.onnx_path)), strict_mode=True
+    )
+    assert _dims(next(o for o in inferred.graph.output if o.name == "logits")) == [
+        "batch",
+        "seq",
+        40,
+    ]
+
+
+def test_the_manifest_records_the_state_wiring(lm_export):
+    manifest = lm_export.manifest
+    assert [(s["input"], s["output"]) for s in manifest["state"]] == [
+        ("state.offsets", "new_state.offsets"),
+        ("state.0", "new_state.0"),
+        ("state.1", "new_state.1"),
+    ]
+    assert [layer["path"] for layer in manifest["attention"]] == [
+        "blocks.0.attn.attention",
+        "blocks.1.attn.attention",
+    ]
+    assert manifest["attention"][0] | {"path": None} == {
+        "path": None, "dim_head": 16, "nb_features": 16, "feature_dim": 16, "causal": True,
+        "kernel": "posrf", "projection": "orf", "seed": 0, "chunk_size": 8, "orf_norm": "chi",
+    }  # fmt: skip
+
+
+def test_external_data_keeps_weights_beside_the_graph(lm_checkpoint, tmp_path):
+    result = export(
+        lm_checkpoint, tmp_path, exporter="torchscript", formats="onnx", external_data=True
+    )
+    assert result.files["onnx_data"].name == "lm.onnx.data"
+    assert result.report.passed
+    assert set(result.manifest["files"]) == {"onnx", "onnx_data"}
+    ort.InferenceSession(str(result.onnx_path))
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (UsesQR(), r"unsupported op aten::linalg_qr .*called at inner.decompose"),
+        (UsesRandom(), r"random numbers.*called at noise: aten::"),
+    ],
+    ids=["qr", "random"],
+)
+def test_unexportable_op_is_named_with_its_submodule(model, message, exporter, tmp_path):
+    with pytest.raises(ExportError, match=message):
+        export(model, tmp_path, exporter=exporter, inputs=["x:batch,4:float32"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_integer_input_ranges_drive_validation():
+    spec = TensorSpec("ids", ("batch", "seq"), "int64", low=5, high=9)
+    import torch
+
+    values = spec.sample({"batch": 3, "seq": 50}, torch.Generator().manual_seed(0))
+    assert values.min() >= 5 and values.max() < 9
