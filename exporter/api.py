@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from favor.runtime.manifest import ManifestError, find_manifest, read_manifest
+
 from .checkpoint import LoadedModel, load_model
 from .errors import ExportError, ValidationError
 from .files import prepare_output_dir, publish, staging_dir
 from .known_models import exportable
-from .manifest import build_manifest, dumps, find_manifest, read_manifest, spec_from_manifest
+from .manifest import build_manifest, dumps, spec_from_manifest
 from .onnx_graph import EXPORTERS, build_onnx, check_opset, output_dims, save_onnx
 from .specs import ModelSpec
 from .torchscript import build_torchscript
@@ -219,9 +221,12 @@ def validate_export(
     ``atol``/``rtol`` are given. Returns the report; it does not raise on a mismatch.
     """
     say = progress or _silent
-    manifest_path = find_manifest(Path(export_dir), name)
-    say("load", str(manifest_path))
-    manifest = read_manifest(manifest_path)
+    try:
+        manifest_path = find_manifest(Path(export_dir), name)
+        say("load", str(manifest_path))
+        manifest = read_manifest(manifest_path)
+    except ManifestError as error:
+        raise ExportError(str(error)) from None
     loaded, _ = _load(model, allow_modules, trust_pickle)
     spec = spec_from_manifest(manifest)
     declared = [_declaration(i) for i in manifest["inputs"]] if manifest["kind"] == "module" else []

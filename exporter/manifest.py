@@ -3,7 +3,8 @@
 The runtime learns everything from it: inputs and outputs with dtypes and symbolic dims, which
 outputs feed which inputs on the next call, the attention configuration of every layer, the
 validation report, and the sha256 of every file. ``manifest.schema.json`` beside this module is
-its JSON schema.
+its JSON schema. Reading a manifest back is :mod:`favor.runtime.manifest`'s job, shared with
+the apps that load exports.
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ import torch
 from torch import nn
 
 from favor.ops import FavorAttention
+from favor.runtime.manifest import FORMAT, FORMAT_VERSION, sha256_file
 
-from .errors import ExportError
-from .files import sha256_file
 from .specs import ModelSpec, TensorSpec
 
-FORMAT = "favor-export-manifest"
-FORMAT_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
 
@@ -109,53 +107,6 @@ def build_manifest(
 def dumps(manifest: dict) -> bytes:
     """Stable bytes: the same manifest always serializes identically."""
     return (json.dumps(manifest, indent=2) + "\n").encode()
-
-
-def find_manifest(export_dir: Path, name: str | None = None) -> Path:
-    """The manifest in ``export_dir``; ``name`` picks one when there are several."""
-    if not export_dir.is_dir():
-        raise ExportError(f"export directory not found: {export_dir}")
-    if name is not None:
-        path = export_dir / f"{name}.manifest.json"
-        if not path.is_file():
-            raise ExportError(f"no manifest {path.name} in {export_dir}")
-        return path
-    found = sorted(export_dir.glob("*.manifest.json"))
-    if not found:
-        raise ExportError(
-            f"no *.manifest.json in {export_dir}: is it a favor-export output directory?"
-        )
-    if len(found) > 1:
-        names = ", ".join(p.name.removesuffix(".manifest.json") for p in found)
-        raise ExportError(f"{export_dir} holds several exports ({names}); choose one with --name")
-    return found[0]
-
-
-def read_manifest(path: Path) -> dict:
-    """Parse a manifest and check its format and the sha256 of every file it lists."""
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ExportError(f"cannot read manifest {path}: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ExportError(f"{path} is not a favor-export manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ExportError(
-            f"{path} has manifest format version {manifest.get('format_version')}; "
-            f"this favor-export reads {FORMAT_VERSION}"
-        )
-    for role, entry in manifest.get("files", {}).items():
-        file = path.parent / entry["path"]
-        if not file.is_file():
-            raise ExportError(
-                f"the manifest's {role} file {file.name} is missing from {path.parent}"
-            )
-        if sha256_file(file) != entry["sha256"]:
-            raise ExportError(
-                f"{file.name} does not match the sha256 in {path.name}: "
-                "the file changed after export"
-            )
-    return manifest
 
 
 def spec_from_manifest(manifest: dict) -> ModelSpec:

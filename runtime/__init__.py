@@ -1,1 +1,13 @@
-"""favor.runtime: ONNX Runtime sessions and streaming decode; imports only numpy and onnxruntime."""
+"""favor.runtime: run exported models on ONNX Runtime. Imports only numpy and onnxruntime.
+
+>>> from favor.runtime import Session, Generator
+>>> session = Session("dist/")              # the export directory, its .onnx, or its manifest
+>>> outputs = session.run(tokens=ids, **session.initial_state(batch=1))
+>>> new_ids = Generator(session).generate(prompt_ids, max_new_tokens=50)
+"""
+
+from .generate import Generator
+from .manifest import ManifestError
+from .session import Session, TensorInfo
+
+__all__ = ["Generator", "ManifestError", "Session", "TensorInfo"]

@@ -1,0 +1,45 @@
+"""Choosing the next token from logits: greedy, temperature, top-k and nucleus (top-p)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """ValueError naming the first sampling parameter that is out of range."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def sample_token(
+    logits: np.ndarray,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> int:
+    """One token id from ``logits (V,)``. ``temperature == 0`` is greedy (argmax)."""
+    if temperature == 0:
+        return int(np.argmax(logits))
+    scores = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < scores.size:
+        cutoff = np.partition(scores, -top_k)[-top_k]
+        scores = np.where(scores < cutoff, -np.inf, scores)
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    if top_p is not None and top_p < 1:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
+        keep = order[: int(np.searchsorted(cumulative, top_p)) + 1]
+        mask = np.zeros_like(probs, dtype=bool)
+        mask[keep] = True
+        probs = np.where(mask, probs, 0.0)
+        probs /= probs.sum()
+    rng = rng if rng is not None else np.random.default_rng()
+    return int(rng.choice(probs.size, p=probs))

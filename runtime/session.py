@@ -1,0 +1,242 @@
+"""``Session``: an exported model on ONNX Runtime, with its inputs checked against the manifest."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .manifest import ManifestError, find_manifest, read_manifest
+
+log = logging.getLogger("favor.runtime")
+
+NUMPY_DTYPES = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "float64": np.dtype(np.float64),
+    "int64": np.dtype(np.int64),
+    "int32": np.dtype(np.int32),
+    "bool": np.dtype(np.bool_),
+}
+# ONNX Runtime's type strings, for checking the graph against the manifest.
+ORT_TYPES = {
+    "float32": "tensor(float)",
+    "float16": "tensor(float16)",
+    "bfloat16": "tensor(bfloat16)",
+    "float64": "tensor(double)",
+    "int64": "tensor(int64)",
+    "int32": "tensor(int32)",
+    "bool": "tensor(bool)",
+}
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output as the manifest describes it; str dims are symbolic."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @classmethod
+    def from_json(cls, entry: dict) -> TensorInfo:
+        return cls(entry["name"], entry["dtype"], tuple(entry["shape"]))
+
+
+def resolve_providers(providers: str | Sequence[str]) -> list[str]:
+    """Full provider names; ``"auto"`` is CUDA where onnxruntime-gpu sees a device, else CPU.
+
+    Unknown or unavailable providers raise ValueError listing the available ones.
+    """
+    available = ort.get_available_providers()
+    if providers == "auto":
+        chosen = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []
+        return [*chosen, "CPUExecutionProvider"]
+    names = [providers] if isinstance(providers, str) else list(providers)
+    resolved = [PROVIDER_ALIASES.get(n.lower(), n) for n in names]
+    missing = [n for n in resolved if n not in available]
+    if missing:
+        raise ValueError(
+            f"execution provider {', '.join(missing)} is not available in onnxruntime "
+            f"{ort.__version__}; available: {', '.join(available)}"
+        )
+    return resolved
+
+
+class Session:
+    """An exported model loaded into ONNX Runtime.
+
+    ``path`` is an export directory, its ``.onnx`` file, or its manifest. ``providers`` is
+    ``"auto"``, a name (``"cpu"``, ``"cuda"``, ``"tensorrt"`` or a full ONNX Runtime provider
+    name) or a list of them. ``threads`` sets intra-op threads (default: ONNX Runtime's choice);
+    ``optimization`` is ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"``.
+
+    :meth:`run` may be called from several threads at once.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: str | Sequence[str] = "auto",
+        threads: int | None = None,
+        optimization: str = "all",
+        *,
+        name: str | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.manifest_path = find_manifest(path, name)
+        self.manifest = read_manifest(self.manifest_path, verify=verify)
+        if "onnx" not in self.manifest["files"]:
+            raise ManifestError(
+                f"{self.manifest_path.name} lists no ONNX file (exported with --format torchscript?)"
+            )
+        self.onnx_path = self.manifest_path.parent / self.manifest["files"]["onnx"]["path"]
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise ValueError(
+                f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}"
+            )
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.providers = resolve_providers(providers)
+        try:
+            self._session = ort.InferenceSession(
+                str(self.onnx_path), options, providers=self.providers
+            )
+        except Exception as error:  # onnxruntime's exception types are not exported
+            raise ManifestError(
+                f"onnxruntime cannot load {self.onnx_path.name}: {str(error).splitlines()[0]}"
+            ) from None
+        self.device = (
+            "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        )
+        log.info(
+            "favor.runtime: %s on %s", self.onnx_path.name, ", ".join(self._session.get_providers())
+        )
+        self.inputs = tuple(TensorInfo.from_json(e) for e in self.manifest["inputs"])
+        self.outputs = tuple(TensorInfo.from_json(e) for e in self.manifest["outputs"])
+        self.state = tuple((s["input"], s["output"]) for s in self.manifest["state"])
+        self._check_graph_matches_manifest()
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    def _check_graph_matches_manifest(self) -> None:
+        graph = {i.name: i.type for i in self._session.get_inputs()}
+        graph_out = {o.name: o.type for o in self._session.get_outputs()}
+        for kind, declared, actual in (
+            ("input", self.inputs, graph),
+            ("output", self.outputs, graph_out),
+        ):
+            names = [t.name for t in declared]
+            if sorted(names) != sorted(actual):
+                raise ManifestError(
+                    f"the manifest's {kind}s {names} do not match the graph's {sorted(actual)} in "
+                    f"{self.onnx_path.name}"
+                )
+            for t in declared:
+                if ORT_TYPES.get(t.dtype) != actual[t.name]:
+                    raise ManifestError(
+                        f"the manifest says {kind} {t.name!r} is {t.dtype}, the graph says {actual[t.name]}"
+                    )
+
+    def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """Zero-filled state inputs for ``batch`` sequences (empty for stateless models)."""
+        infos = {t.name: t for t in self.inputs}
+        state = {}
+        for input_name, _ in self.state:
+            info = infos[input_name]
+            shape = tuple(batch if isinstance(d, str) else d for d in info.shape)
+            state[input_name] = np.zeros(shape, dtype=NUMPY_DTYPES[info.dtype])
+        return state
+
+    def check_inputs(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
+        """Inputs as numpy arrays, checked for names, dtypes, ranks, fixed and shared dims.
+
+        Raises ValueError naming the input, what was expected and what was given.
+        """
+        expected = {t.name: t for t in self.inputs}
+        unknown = sorted(set(feeds) - set(expected))
+        if unknown:
+            raise ValueError(
+                f"unknown input {', '.join(unknown)}; this model takes {', '.join(expected)}"
+            )
+        missing = [n for n in expected if n not in feeds]
+        if missing:
+            raise ValueError(
+                f"missing input {', '.join(missing)}; this model takes {', '.join(expected)}"
+            )
+        arrays: dict[str, np.ndarray] = {}
+        symbols: dict[str, tuple[int, str]] = {}
+        for name, info in expected.items():
+            value = feeds[name]
+            array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            want = NUMPY_DTYPES.get(info.dtype)
+            if want is not None and array.dtype != want:
+                raise ValueError(f"input {name!r} must be {info.dtype}, got {array.dtype}")
+            if array.ndim != len(info.shape):
+                raise ValueError(
+                    f"input {name!r} must have rank {len(info.shape)} {_layout(info.shape)}, "
+                    f"got shape {array.shape}"
+                )
+            for axis, (dim, size) in enumerate(zip(info.shape, array.shape, strict=True)):
+                if isinstance(dim, int) and dim != size:
+                    raise ValueError(
+                        f"input {name!r} must have shape {_layout(info.shape)}: axis {axis} must be "
+                        f"{dim}, got shape {array.shape}"
+                    )
+                if isinstance(dim, str):
+                    if size < 1:
+                        raise ValueError(
+                            f"input {name!r} axis {axis} ({dim}) must be >= 1, got {size}"
+                        )
+                    seen = symbols.setdefault(dim, (size, name))
+                    if seen[0] != size:
+                        raise ValueError(
+                            f"input {name!r} has {dim}={size} but input {seen[1]!r} has {dim}={seen[0]}"
+                        )
+            arrays[name] = array
+        return arrays
+
+    def run(
+        self, feeds: Mapping[str, object] | None = None, /, **kwargs: object
+    ) -> dict[str, np.ndarray]:
+        """Run the model: ``run({"tokens": ids, ...})`` or ``run(tokens=ids, ...)``.
+
+        Returns ``{output name: numpy array}``.
+        """
+        merged = {**(feeds or {}), **kwargs}
+        arrays = self.check_inputs(merged)
+        names = [t.name for t in self.outputs]
+        values = self._session.run(names, arrays)
+        return dict(zip(names, values, strict=True))
+
+    def io_binding(self) -> ort.IOBinding:
+        return self._session.io_binding()
+
+    def run_with_iobinding(self, binding: ort.IOBinding) -> None:
+        self._session.run_with_iobinding(binding)
+
+
+def _layout(shape: Sequence[int | str]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"

@@ -1,0 +1,114 @@
+"""Generator: streaming decode with a carried state, against PyTorch."""
+
+import numpy as np
+import pytest
+import torch
+
+from favor.runtime import Generator, Session
+
+
+def _torch_greedy(lm, prompt, steps):
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.cat([ids, lm(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, len(prompt) :].tolist()
+
+
+def test_greedy_decode_matches_pytorch_token_for_token(lm_dir, tiny_lm):
+    generator = Generator(Session(lm_dir))
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]  # longer than one chunk (8)
+    assert generator.generate(prompt, 30) == _torch_greedy(tiny_lm, prompt, 30)
+
+
+def test_stream_yields_the_same_tokens_as_generate(lm_dir):
+    generator = Generator(Session(lm_dir))
+    streamed = list(generator.stream([1, 2, 3], 12, temperature=0.9, seed=4))
+    assert streamed == generator.generate([1, 2, 3], 12, temperature=0.9, seed=4)
+
+
+def test_seed_makes_sampling_reproducible_and_top_k_1_is_greedy(lm_dir):
+    generator = Generator(Session(lm_dir))
+    a = generator.generate([7, 7], 20, temperature=1.5, seed=0)
+    assert a == generator.generate([7, 7], 20, temperature=1.5, seed=0)
+    assert a != generator.generate([7, 7], 20, temperature=1.5, seed=1)
+    assert generator.generate([7, 7], 20, temperature=1.5, top_k=1) == generator.generate(
+        [7, 7], 20
+    )
+
+
+def test_stop_token_ends_generation(lm_dir):
+    generator = Generator(Session(lm_dir))
+    greedy = generator.generate([2, 4], 15)
+    stop = greedy[5]
+    assert generator.generate([2, 4], 15, stop=stop) == greedy[: greedy.index(stop)]
+
+
+def test_state_size_is_independent_of_context_length(lm_dir):
+    generator = Generator(Session(lm_dir))
+    shapes = []
+    for context in (4, 300):
+        generator.reset()
+        generator.prefill(np.arange(context) % 30)
+        generator.step(1)
+        shapes.append({name: tuple(value.shape()) for name, value in generator._state.items()})
+    assert shapes[0] == shapes[1]
+    assert generator.position == 301
+
+
+def test_independent_streams_share_one_session(lm_dir, tiny_lm):
+    session = Session(lm_dir)
+    first, second = Generator(session), Generator(session)
+    a, b = [5, 6, 7], [9, 9, 1, 2]
+    logits_a, logits_b = first.prefill(a), second.prefill(b)
+    for _ in range(6):  # interleaved steps
+        token_a, token_b = int(np.argmax(logits_a)), int(np.argmax(logits_b))
+        a.append(token_a)
+        b.append(token_b)
+        logits_a, logits_b = first.step(token_a), second.step(token_b)
+    assert a[3:] == _torch_greedy(tiny_lm, [5, 6, 7], 6)
+    assert b[4:] == _torch_greedy(tiny_lm, [9, 9, 1, 2], 6)
+
+
+BAD_CALLS = {
+    "token-too-large": (
+        lambda g: g.generate([1, 30], 3),
+        r"token id 30, outside the vocabulary \[0, 30\)",
+    ),
+    "negative-token": (lambda g: g.step(-1), "token id -1"),
+    "empty-prompt": (lambda g: g.generate([], 3), "non-empty 1-D sequence"),
+    "float-prompt": (lambda g: g.generate([1.5], 3), "integer token ids"),
+    "temperature": (lambda g: g.generate([1], 3, temperature=-1), "temperature must be >= 0"),
+    "top-k": (lambda g: g.generate([1], 3, top_k=0), "top_k must be a positive integer"),
+    "top-p": (lambda g: g.generate([1], 3, top_p=1.5), r"top_p must be in \(0, 1\]"),
+    "max-new-tokens": (lambda g: g.generate([1], -2), "max_new_tokens must be an integer >= 0"),
+}
+
+
+@pytest.mark.parametrize(("call", "message"), BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_bad_arguments_are_value_errors(lm_dir, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(Generator(Session(lm_dir)))
+
+
+def test_a_failed_generator_refuses_until_reset(lm_dir, monkeypatch):
+    session = Session(lm_dir)
+    generator = Generator(session)
+    generator.prefill([1, 2, 3])
+
+    def broken(_binding):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(session, "run_with_iobinding", broken)
+    with pytest.raises(RuntimeError, match="decode step failed: device lost"):
+        generator.step(4)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match=r"failed earlier .* call reset\(\)"):
+        generator.step(4)
+    generator.reset()
+    assert generator.generate([1, 2, 3], 4) == Generator(session).generate([1, 2, 3], 4)
+
+
+def test_generator_needs_a_causal_lm(encoder_dir):
+    with pytest.raises(ValueError, match="needs a causal LM export"):
+        Generator(Session(encoder_dir))
