@@ -8,7 +8,6 @@ Prints a markdown table; the default ``--exporter`` of favor-export was chosen f
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -19,18 +18,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from benchmarks.timing import median_ms
 from favor.exporter import export
 from favor.ops.models import PerformerLM
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up: first runs allocate and optimize
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def _feeds(session: ort.InferenceSession, lm: PerformerLM, length: int) -> dict[str, np.ndarray]:
@@ -72,8 +62,8 @@ def main() -> None:
                     exporter,
                     export_s,
                     len(graph.graph.node),
-                    _median_ms(lambda s=session, f=prefill: s.run(None, f), args.repeats),
-                    _median_ms(lambda s=session, f=decode: s.run(None, f), args.repeats * 10),
+                    median_ms(lambda s=session, f=prefill: s.run(None, f), args.repeats),
+                    median_ms(lambda s=session, f=decode: s.run(None, f), args.repeats * 10),
                 )
             )
     print(

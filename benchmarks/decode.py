@@ -1,0 +1,204 @@
+"""Per-token decode latency against context length: FAVOR state vs a softmax KV cache.
+
+    python -m benchmarks.decode [--contexts 16,256,1024,4096,8192] [--dim 256 --depth 4]
+
+Both models have the same shape (pre-norm blocks, rotary positions, same widths) and are exported
+the same way (torch's dynamo exporter, opset 17) and run in ONNX Runtime on the CPU:
+
+* ``favor``: :class:`PerformerLM` through favor-export's stateful graph and ``favor.runtime``'s
+  Generator: the state is a constant ``(B, H, M, D + 1)`` per layer;
+* ``softmax``: the same LM with exact attention and a key/value cache that grows by one row
+  per token, fed back through the graph each step.
+
+For each context length the prompt is prefilled once, then decode steps are timed. Prints a
+table and writes ``benchmarks/results/decode.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.timing import median_ms
+from favor.exporter import export
+from favor.ops.models import PerformerLM
+from favor.ops.rotary import RotaryEmbedding
+from favor.runtime import Generator, Session
+
+VOCAB = 256
+
+
+class SoftmaxBlock(nn.Module):
+    """A pre-norm block with exact causal attention over a key/value cache."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.attn_norm, self.ff_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.rotary = RotaryEmbedding(self.head_dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x, positions, past_k, past_v):
+        batch, length, _ = x.shape
+        q, k, v = (
+            self.qkv(self.attn_norm(x))
+            .reshape(batch, length, 3, self.heads, self.head_dim)
+            .permute(2, 0, 3, 1, 4)
+        )
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        # Query i (at absolute position past + i) sees keys 0 .. past + i.
+        past = past_k.shape[2]
+        allowed = torch.arange(k.shape[2]).unsqueeze(0) <= (past + torch.arange(length)).unsqueeze(
+            1
+        )
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, -1))
+        return x + self.ff(self.ff_norm(x)), k, v
+
+
+class SoftmaxLM(nn.Module):
+    """``(tokens, offsets, k_0, v_0, ...) -> (logits, offsets + L, k_0', v_0', ...)``."""
+
+    def __init__(self, dim: int, depth: int, heads: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, dim)
+        self.blocks = nn.ModuleList(SoftmaxBlock(dim, heads) for _ in range(depth))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, VOCAB)
+
+    def forward(self, tokens, offsets, *cache):
+        positions = offsets.unsqueeze(1) + torch.arange(tokens.shape[1])
+        x, new_cache = self.embed(tokens), []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block(x, positions, cache[2 * i], cache[2 * i + 1])
+            new_cache += [k, v]
+        return (self.head(self.norm(x)), offsets + tokens.shape[1], *new_cache)
+
+
+def export_softmax(model: SoftmaxLM, heads: int, head_dim: int, path: Path) -> None:
+    depth = len(model.blocks)
+    cache = [torch.zeros(1, heads, 7, head_dim) for _ in range(2 * depth)]
+    example = (torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, dtype=torch.long), *cache)
+    dyn = torch.export.Dim.DYNAMIC
+    shapes = ({0: dyn, 1: dyn}, {0: dyn}, tuple({0: dyn, 2: dyn} for _ in cache))
+    names = ["tokens", "offsets"] + [f"{kind}.{i}" for i in range(depth) for kind in ("k", "v")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model.eval(),
+            example,
+            dynamo=True,
+            opset_version=17,
+            input_names=names,
+            dynamic_shapes=shapes,
+            verbose=False,
+        )
+    program.save(str(path))
+
+
+def time_softmax(
+    path: Path, depth: int, heads: int, head_dim: int, context: int, repeats: int, threads: int
+) -> float:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    empty = [np.zeros((1, heads, 0, head_dim), np.float32) for _ in range(2 * depth)]
+    feeds = {"tokens": rng.integers(0, VOCAB, (1, context)), "offsets": np.zeros(1, np.int64)}
+    names = [i.name for i in session.get_inputs()]
+    outputs = session.run(None, dict(zip(names, [*feeds.values(), *empty], strict=True)))
+    step_inputs = [np.array([[1]]), outputs[1], *outputs[2:]]
+    step = dict(zip(names, step_inputs, strict=True))
+    # Time one step at this context: the cache is not advanced, so every timed call sees the
+    # same context length.
+    return median_ms(lambda: session.run(None, step), repeats)
+
+
+def time_favor(export_dir: Path, context: int, repeats: int, threads: int) -> float:
+    generator = Generator(Session(export_dir, threads=threads))
+    generator.prefill(np.random.default_rng(0).integers(0, VOCAB, context))
+    # Steps advance the context by one token each: negligible next to the context itself.
+    return median_ms(lambda: generator.step(1), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", default="16,256,1024,4096,8192")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--features", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="ORT intra-op threads (1 is steadier)"
+    )
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args()
+    contexts = [int(c) for c in args.contexts.split(",")]
+    logging.disable(logging.WARNING)
+    torch.manual_seed(0)
+    head_dim = args.dim // args.heads
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        print("exporting the FAVOR LM...", file=sys.stderr)
+        favor_lm = PerformerLM(VOCAB, args.dim, args.depth, args.heads, nb_features=args.features)
+        export(favor_lm, Path(tmp) / "favor", name="lm", formats="onnx", validate_outputs=False)
+        print("exporting the softmax LM...", file=sys.stderr)
+        softmax_path = Path(tmp) / "softmax.onnx"
+        export_softmax(
+            SoftmaxLM(args.dim, args.depth, args.heads), args.heads, head_dim, softmax_path
+        )
+        for context in contexts:
+            print(f"context {context}...", file=sys.stderr)
+            favor_ms = time_favor(Path(tmp) / "favor", context, args.repeats, args.threads)
+            softmax_ms = time_softmax(
+                softmax_path, args.depth, args.heads, head_dim, context, args.repeats, args.threads
+            )
+            rows.append((context, favor_ms, softmax_ms))
+    base_favor, base_softmax = rows[0][1], rows[0][2]
+    lines = [
+        f"Decode step latency, LM dim={args.dim} depth={args.depth} heads={args.heads} M={args.features}, "
+        f"ONNX Runtime {ort.__version__} CPU, {args.threads} thread(s)",
+        "",
+        f"| context | favor ms | favor vs {contexts[0]} | softmax+KV ms | softmax vs {contexts[0]} | softmax / favor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for context, favor_ms, softmax_ms in rows:
+        lines.append(
+            f"| {context} | {favor_ms:.2f} | {favor_ms / base_favor:.2f}x | {softmax_ms:.2f} | "
+            f"{softmax_ms / base_softmax:.2f}x | {softmax_ms / favor_ms:.2f}x |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "decode.md").write_text(table + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.loglog(contexts, [r[1] for r in rows], "o-", label="FAVOR, constant state")
+    axis.loglog(contexts, [r[2] for r in rows], "s-", label="softmax, KV cache")
+    axis.set_xlabel("context length (tokens)")
+    axis.set_ylabel("decode step (ms)")
+    axis.legend()
+    axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(args.out_dir / "decode.png", dpi=120)
+    print(f"wrote {args.out_dir / 'decode.png'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
