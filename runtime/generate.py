@@ -107,11 +107,17 @@ class Generator:
         top_p: float | None = None,
         seed: int | None = None,
         stop: int | Iterable[int] | None = None,
+        window: int | None = None,
     ) -> Iterator[int]:
         """Yield new token ids as they are chosen. Starts a fresh sequence from ``prompt_ids``.
 
         ``temperature=0`` is greedy; ``seed`` makes sampling reproducible. Generation ends after
         ``max_new_tokens`` or at a token in ``stop`` (which is not yielded).
+
+        ``window`` is for models trained on fixed-length windows, which degrade on longer
+        histories: once the state has taken in ``window`` tokens, it is rebuilt from the last
+        ``window // 2`` tokens (one prefill), so the model never sees more history than it was
+        trained on. ``None`` keeps the whole history in the state.
         """
         check_sampling(temperature, top_k, top_p)
         if (
@@ -120,8 +126,15 @@ class Generator:
             or max_new_tokens < 0
         ):
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 2
+        ):
+            raise ValueError(f"window must be an integer >= 2 or None, got {window!r}")
         stops = {stop} if isinstance(stop, int) else set(stop or ())
         prompt = self._check_tokens(prompt_ids, "prompt_ids")
+        history = [int(t) for t in prompt[0]]
+        if window is not None:
+            prompt = prompt[:, -window:]
         rng = np.random.default_rng(seed)
         self.reset()
         logits = self._call(prompt)[-1]
@@ -130,7 +143,13 @@ class Generator:
             if token in stops:
                 return
             yield token
-            if produced + 1 < max_new_tokens:
+            history.append(token)
+            if produced + 1 == max_new_tokens:
+                return
+            if window is not None and self.position >= window:
+                self.reset()
+                logits = self.prefill(history[-(window // 2) :])
+            else:
                 logits = self.step(token)
 
     def generate(

@@ -112,3 +112,26 @@ def test_a_failed_generator_refuses_until_reset(lm_dir, monkeypatch):
 def test_generator_needs_a_causal_lm(encoder_dir):
     with pytest.raises(ValueError, match="needs a causal LM export"):
         Generator(Session(encoder_dir))
+
+
+def test_window_rebuilds_the_state_from_recent_tokens(lm_dir, tiny_lm):
+    generator = Generator(Session(lm_dir))
+    prompt, window = [1, 2, 3, 4, 5, 6], 8
+    produced = generator.generate(prompt, 12, window=window)
+    # Replay in PyTorch: each token is the argmax given at most the history the window allows.
+    history, position, start = list(prompt), len(prompt), 0
+    for expected in produced:
+        with torch.no_grad():
+            predicted = int(tiny_lm(torch.tensor([history[start:]]))[0, -1].argmax())
+        assert predicted == expected
+        history.append(predicted)
+        position += 1
+        if position >= window:
+            start, position = len(history) - window // 2, window // 2
+    # Without the window the state would have taken in 6 + 11 tokens by now.
+    assert 0 < generator.position < window
+
+
+def test_window_must_be_at_least_two(lm_dir):
+    with pytest.raises(ValueError, match="window must be an integer >= 2"):
+        Generator(Session(lm_dir)).generate([1], 3, window=1)
