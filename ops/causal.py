@@ -49,6 +49,14 @@ def causal_chunked(
     """
     batch, heads, length, features = phi_q.shape
     width = values.shape[-1]
+    # A sequence shorter than a chunk is one chunk of its own length: a one-token decode step
+    # then costs one token, not a padded chunk. The minimum must stay symbolic so that one graph
+    # serves every length: sym_min under torch.export, a tensor op under torch.jit.trace (where
+    # sizes are traced tensors).
+    if torch.jit.is_tracing():
+        chunk_size = torch.clamp(torch.as_tensor(length), max=chunk_size)
+    else:
+        chunk_size = torch.sym_min(chunk_size, length)
     pad = (chunk_size - length % chunk_size) % chunk_size
 
     def chunks(x: torch.Tensor) -> torch.Tensor:
