@@ -13,7 +13,7 @@ import math
 
 import torch
 
-PROJECTIONS = ("gaussian", "orf")
+PROJECTIONS = ("gaussian", "orf", "sorf", "qmc", "mm")
 ORF_NORMS = ("chi", "sqrt_d")
 
 
@@ -51,6 +51,70 @@ def orthogonal_projection(
     return directions * lengths.unsqueeze(1)
 
 
+def hadamard(size: int) -> torch.Tensor:
+    """Normalized Sylvester-Hadamard matrix ``(size, size)`` float64; ``size`` a power of two."""
+    matrix = torch.ones(1, 1, dtype=torch.float64)
+    while matrix.shape[0] < size:
+        matrix = torch.cat([torch.cat([matrix, matrix], 1), torch.cat([matrix, -matrix], 1)], 0)
+    return matrix / math.sqrt(size)
+
+
+def structured_orthogonal_projection(
+    nb_features: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """SORF rows ``sqrt(d') H D1 H D2 H D3`` (Yu et al. 2016): ``(nb_features, dim)`` float64.
+
+    ``d'`` is ``dim`` rounded up to a power of two; queries and keys are implicitly zero-padded
+    to it, which is the same as keeping the first ``dim`` columns. Each block of ``d'`` rows is
+    orthogonal, and every entry has variance 1, like a Gaussian projection's.
+    """
+    size = 1 << (dim - 1).bit_length()
+    h = hadamard(size)
+    blocks = []
+    for _ in range(math.ceil(nb_features / size)):
+        signs = torch.randint(0, 2, (3, size), generator=generator, dtype=torch.float64) * 2 - 1
+        block = h * signs[0] @ h * signs[1] @ h * signs[2]
+        blocks.append(math.sqrt(size) * block[:, :dim])
+    return torch.cat(blocks, dim=0)[:nb_features]
+
+
+def quasi_monte_carlo_projection(nb_features: int, dim: int, seed: int) -> torch.Tensor:
+    """Scrambled Sobol points through the inverse normal CDF: ``(nb_features, dim)`` float64.
+
+    Low-discrepancy points cover the Gaussian more evenly than iid draws; scrambling keeps each
+    point marginally Gaussian, so the kernel estimate stays unbiased. scipy provides both pieces
+    (Sobol sequences with Owen scrambling, and ``ndtri``).
+    """
+    from scipy.special import ndtri
+    from scipy.stats import qmc
+
+    sampler = qmc.Sobol(d=dim, scramble=True, seed=seed)
+    # Sobol sequences are balanced in blocks of 2^m points: draw the enclosing block.
+    points = sampler.random_base2(max(0, (nb_features - 1).bit_length()))[:nb_features]
+    eps = 1e-12  # a scrambled point is never exactly 0 or 1, but keep ndtri finite regardless
+    return torch.from_numpy(ndtri(points.clip(eps, 1 - eps)))
+
+
+def moment_matched_projection(
+    nb_features: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Gaussian rows shifted and whitened to exact zero mean and identity covariance.
+
+    Needs ``nb_features > dim``: fewer rows cannot have a full-rank covariance.
+    """
+    if nb_features <= dim:
+        raise ValueError(
+            f"projection 'mm' needs nb_features > dim_head to match the covariance, "
+            f"got nb_features={nb_features}, dim_head={dim}"
+        )
+    rows = torch.randn(nb_features, dim, generator=generator, dtype=torch.float64)
+    rows = rows - rows.mean(dim=0, keepdim=True)
+    covariance = rows.T @ rows / nb_features
+    # rows @ L^-T has covariance L^-1 C L^-T = I for the Cholesky factor C = L L^T.
+    cholesky = torch.linalg.cholesky(covariance)
+    return torch.linalg.solve_triangular(cholesky, rows.T, upper=False).T
+
+
 def draw_projection(
     kind: str, nb_features: int, dim: int, *, seed: int, orf_norm: str = "chi"
 ) -> torch.Tensor:
@@ -64,6 +128,12 @@ def draw_projection(
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     if kind == "gaussian":
         weights = gaussian_projection(nb_features, dim, generator)
-    else:
+    elif kind == "orf":
         weights = orthogonal_projection(nb_features, dim, generator, norm=orf_norm)
+    elif kind == "sorf":
+        weights = structured_orthogonal_projection(nb_features, dim, generator)
+    elif kind == "qmc":
+        weights = quasi_monte_carlo_projection(nb_features, dim, int(seed))
+    else:
+        weights = moment_matched_projection(nb_features, dim, generator)
     return weights.to(torch.float32)

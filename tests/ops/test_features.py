@@ -21,7 +21,7 @@ def _kernel_estimates(kernel: str, projection: str, x, y, *, nb_features: int, d
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("projection", ["gaussian", "orf"])
+@pytest.mark.parametrize("projection", ["gaussian", "orf", "qmc"])
 @pytest.mark.parametrize("kernel", SOFTMAX_KERNELS)
 def test_kernel_estimate_is_unbiased(kernel, projection):
     gen = torch.Generator().manual_seed(0)

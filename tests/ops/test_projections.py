@@ -29,6 +29,41 @@ def test_orf_rows_are_orthogonal_within_each_block(norm):
         )
 
 
+def test_moment_matching_is_exact():
+    w = draw_projection("mm", 100, 16, seed=2).double()
+    torch.testing.assert_close(w.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(w.T @ w / 100, torch.eye(16, dtype=torch.float64), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="'mm' needs nb_features > dim_head"):
+        draw_projection("mm", 16, 16, seed=0)
+
+
+@pytest.mark.parametrize("dim", [16, 12], ids=["power-of-two", "padded"])
+def test_sorf_blocks_are_orthogonal_in_the_padded_space(dim):
+    w = draw_projection("sorf", 40, dim, seed=0).double()
+    assert w.shape == (40, dim)
+    if dim == 16:  # no padding: each block of 16 rows is exactly orthogonal with norm sqrt(16)
+        for b in range(2):
+            block = w[16 * b : 16 * (b + 1)]
+            torch.testing.assert_close(
+                block @ block.T, 16 * torch.eye(16, dtype=torch.float64), atol=1e-4, rtol=0
+            )
+
+
+def test_qmc_points_are_more_even_than_iid():
+    # Low discrepancy: the empirical CDF of the uniforms behind each coordinate is closer to the
+    # diagonal than for iid draws (Kolmogorov-Smirnov distance, averaged over coordinates).
+    from scipy.special import ndtr
+
+    def ks(w):
+        u, _ = torch.sort(torch.from_numpy(ndtr(w.double().numpy())), dim=0)
+        grid = (torch.arange(u.shape[0], dtype=torch.float64) + 0.5) / u.shape[0]
+        return (u - grid[:, None]).abs().max(0).values.mean().item()
+
+    assert ks(draw_projection("qmc", 256, 8, seed=0)) < 0.5 * ks(
+        draw_projection("gaussian", 256, 8, seed=0)
+    )
+
+
 @pytest.mark.parametrize("kind", PROJECTIONS)
 def test_rows_have_gaussian_moments(kind):
     # 16 384 entries: the mean has standard error 1/128 and the variance about sqrt(2)/128, so
