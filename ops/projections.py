@@ -13,7 +13,7 @@ import math
 
 import torch
 
-PROJECTIONS = ("gaussian", "orf", "sorf", "qmc", "mm")
+PROJECTIONS = ("gaussian", "orf", "sorf", "qmc", "mm", "fastfood")
 ORF_NORMS = ("chi", "sqrt_d")
 
 
@@ -78,6 +78,28 @@ def structured_orthogonal_projection(
     return torch.cat(blocks, dim=0)[:nb_features]
 
 
+def fastfood_projection(nb_features: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """Fastfood rows ``S H G P H B`` (Le, Sarlos and Smola 2013): ``(nb_features, dim)`` float64.
+
+    ``B`` random signs, ``H`` the normalized Hadamard matrix, ``P`` a permutation, ``G`` a
+    Gaussian diagonal. Every row of ``H G P H B`` has length ``|G| / sqrt(d')``; ``S`` rescales
+    row ``i`` to a length drawn from chi(d'), so rows have a Gaussian vector's length law.
+    Inputs are implicitly zero-padded to ``d'``, a power of two, as for ``sorf``.
+    """
+    size = 1 << (dim - 1).bit_length()
+    h = hadamard(size)
+    blocks = []
+    for _ in range(math.ceil(nb_features / size)):
+        signs = torch.randint(0, 2, (size,), generator=generator, dtype=torch.float64) * 2 - 1
+        permutation = torch.randperm(size, generator=generator)
+        gaussian = torch.randn(size, generator=generator, dtype=torch.float64)
+        lengths = torch.randn(size, size, generator=generator, dtype=torch.float64).norm(dim=1)
+        mixed = h @ torch.diag(gaussian) @ (h * signs)[permutation]
+        scale = lengths * math.sqrt(size) / gaussian.norm()
+        blocks.append((scale[:, None] * mixed)[:, :dim])
+    return torch.cat(blocks, dim=0)[:nb_features]
+
+
 def quasi_monte_carlo_projection(nb_features: int, dim: int, seed: int) -> torch.Tensor:
     """Scrambled Sobol points through the inverse normal CDF: ``(nb_features, dim)`` float64.
 
@@ -132,6 +154,8 @@ def draw_projection(
         weights = orthogonal_projection(nb_features, dim, generator, norm=orf_norm)
     elif kind == "sorf":
         weights = structured_orthogonal_projection(nb_features, dim, generator)
+    elif kind == "fastfood":
+        weights = fastfood_projection(nb_features, dim, generator)
     elif kind == "qmc":
         weights = quasi_monte_carlo_projection(nb_features, dim, int(seed))
     else:

@@ -49,6 +49,19 @@ def test_sorf_blocks_are_orthogonal_in_the_padded_space(dim):
             )
 
 
+def test_fastfood_rows_have_chi_lengths_and_gaussian_kernel():
+    # Without padding (d = 16), row i's length is exactly its drawn chi(16) length.
+    w = draw_projection("fastfood", 16 * 64, 16, seed=3).double()
+    squared = w.norm(dim=1).pow(2)
+    # chi^2(16) has mean 16 and variance 32; 1024 independent rows give a standard error of 0.18.
+    assert abs(squared.mean().item() - 16) < 5 * (32 / squared.numel()) ** 0.5
+    # E[cos(w . u)] = exp(-|u|^2 / 2) for Gaussian-like rows: the random Fourier feature identity.
+    u = torch.full((16,), 0.15, dtype=torch.float64)
+    torch.testing.assert_close(
+        torch.cos(w @ u).mean(), torch.exp(-u.pow(2).sum() / 2), atol=0.03, rtol=0
+    )
+
+
 def test_qmc_points_are_more_even_than_iid():
     # Low discrepancy: the empirical CDF of the uniforms behind each coordinate is closer to the
     # diagonal than for iid draws (Kolmogorov-Smirnov distance, averaged over coordinates).
