@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from favor.ops import KERNELS, FavorAttention
+from favor.ops import KERNELS, PROJECTIONS, FavorAttention
 from favor.ops.reference import favor_attention_reference
 from tests.helpers import assert_fp32_close, qkv, rel_rms_error
 
@@ -84,9 +84,10 @@ def test_bidirectional_state_stands_for_earlier_keys():
     torch.testing.assert_close(attn(q, k[:, :, 12:], v[:, :, 12:], state=state), attn(q, k, v))
 
 
+@pytest.mark.parametrize("projection", PROJECTIONS)
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_causal_output_never_depends_on_later_tokens(kernel):
-    attn = _module(kernel, nb_features=64)
+def test_causal_output_never_depends_on_later_tokens(kernel, projection):
+    attn = _module(kernel, nb_features=64, projection=projection)
     q, k, v = qkv(2, 2, 5 * CHUNK + 3, 16)
     for t in (0, CHUNK - 2, 2 * CHUNK, 5 * CHUNK + 1):
         q2, k2, v2 = q.clone(), k.clone(), v.clone()
@@ -101,9 +102,10 @@ def test_causal_output_never_depends_on_later_tokens(kernel):
 
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("causal", CAUSAL.values(), ids=CAUSAL.keys())
+@pytest.mark.parametrize("projection", PROJECTIONS)
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_padding_keys_contribute_nothing(kernel, causal, side):
-    attn = _module(kernel, causal=causal)
+def test_padding_keys_contribute_nothing(kernel, projection, causal, side):
+    attn = _module(kernel, causal=causal, projection=projection)
     lengths, padded = (37, 50), 50
     q, k, v = qkv(2, 2, padded, 16, seed=3)
     mask = torch.zeros(2, padded, dtype=torch.bool)
