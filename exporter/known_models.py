@@ -6,9 +6,12 @@ exported from its ``--input`` declarations, with its outputs flattened into a tu
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
+from favor.ops import FavorAttention
 from favor.ops.models import PerformerEncoder, PerformerLM
 
 from .errors import ExportError
@@ -101,8 +104,29 @@ def encoder_spec(encoder: PerformerEncoder) -> ModelSpec:
     )  # fmt: skip
 
 
+def fold_projections(model: nn.Module) -> nn.Module:
+    """``model``, or a copy with every learnable projection folded into a constant.
+
+    The user's model is left as it is: it may go on training.
+    """
+    learnable = [
+        m
+        for m in model.modules()
+        if isinstance(m, FavorAttention) and m.learnable_projection is not None
+    ]
+    if not learnable:
+        return model
+    folded = copy.deepcopy(model)
+    for sub in folded.modules():
+        if isinstance(sub, FavorAttention):
+            sub.fold_projection_()
+    return folded
+
+
 def exportable(model: nn.Module, declared_inputs: list[str]) -> tuple[nn.Module, ModelSpec]:
     """The module to trace and its spec. Reference models take no ``declared_inputs``."""
+    if not isinstance(model, torch.jit.ScriptModule):
+        model = fold_projections(model)
     if declared_inputs and isinstance(model, (PerformerLM, PerformerEncoder)):
         raise ExportError(
             f"{type(model).__name__} is a reference model with known inputs; drop --input"

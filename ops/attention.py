@@ -9,7 +9,13 @@ from .causal import causal_chunked, causal_step
 from .checks import check_choice, check_key_padding_mask, check_positive_int, check_qkv, check_state
 from .features import KERNELS, POSITIVE_KERNELS, feature_dim, key_features, query_features
 from .noncausal import noncausal
-from .projections import ORF_NORMS, PROJECTIONS, draw_projection
+from .projections import (
+    LEARNABLE_PROJECTIONS,
+    ORF_NORMS,
+    PROJECTIONS,
+    LearnableFastfood,
+    draw_projection,
+)
 
 # Lower bound on |denominator| for kernels whose features can be negative (TrigRF). Positive
 # kernels only need to avoid 0 / 0 and use the dtype's smallest normal number instead.
@@ -89,6 +95,11 @@ class FavorAttention(nn.Module):
         self.orf_norm = check_choice("orf_norm", orf_norm, ORF_NORMS)
         self.causal = bool(causal)
         self.seed = int(seed)
+        self.learnable_projection = (
+            LearnableFastfood(self.nb_features, self.dim_head, self.seed)
+            if self.projection in LEARNABLE_PROJECTIONS
+            else None
+        )
         self.register_buffer("projection_matrix", self._draw(self.seed))
 
     @property
@@ -126,15 +137,34 @@ class FavorAttention(nn.Module):
         """
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        if self.learnable_projection is not None:
+            self.learnable_projection.reset_(seed)
         self.projection_matrix.copy_(self._draw(seed))
         self.seed = int(seed)
         return self.seed
+
+    def projection_weights(self) -> torch.Tensor:
+        """``W (nb_features, dim_head)``: the buffer, or recomputed from trainable parameters."""
+        if self.learnable_projection is not None:
+            return self.learnable_projection()
+        return self.projection_matrix
+
+    @torch.no_grad()
+    def fold_projection_(self) -> None:
+        """Freeze a learnable projection into the constant buffer, as export needs.
+
+        Afterwards forward reads the buffer, so a traced graph holds one constant matrix instead
+        of the Hadamard products; outputs do not change. A no-op for fixed projections.
+        """
+        if self.learnable_projection is not None:
+            self.projection_matrix.copy_(self.learnable_projection())
+            self.learnable_projection = None
 
     def feature_maps(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stabilized features ``(..., D) -> (..., M')`` in the compute dtype, after scaling."""
         dtype = compute_dtype(q.dtype)
         scale = self.dim_head**-0.25
-        w = self.projection_matrix.to(dtype)
+        w = self.projection_weights().to(dtype)
         phi_q = query_features(self.kernel, q.to(dtype) * scale, w)
         phi_k = key_features(self.kernel, k.to(dtype) * scale, w)
         return phi_q, phi_k

@@ -12,8 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
-PROJECTIONS = ("gaussian", "orf", "sorf", "qmc", "mm", "fastfood")
+PROJECTIONS = ("gaussian", "orf", "sorf", "qmc", "mm", "fastfood", "fastfoodl")
+# Projections that are functions of trainable parameters rather than fixed draws.
+LEARNABLE_PROJECTIONS = ("fastfoodl",)
 ORF_NORMS = ("chi", "sqrt_d")
 
 
@@ -100,6 +103,54 @@ def fastfood_projection(nb_features: int, dim: int, generator: torch.Generator) 
     return torch.cat(blocks, dim=0)[:nb_features]
 
 
+class LearnableFastfood(nn.Module):
+    """Fastfood with trainable diagonals (FastFoodL): ``forward() -> W (nb_features, dim)``.
+
+    ``S``, ``G`` and ``B`` of :func:`fastfood_projection` are parameters, initialized to the
+    same law; the Hadamard matrix and the permutations stay fixed. ``W`` is recomputed from them
+    on every call during training; :meth:`FavorAttention.fold_projection_` turns it into one
+    constant for export.
+    """
+
+    def __init__(self, nb_features: int, dim: int, seed: int) -> None:
+        super().__init__()
+        self.nb_features, self.dim = nb_features, dim
+        self.size = 1 << (dim - 1).bit_length()
+        blocks = math.ceil(nb_features / self.size)
+        self.register_buffer("hadamard", hadamard(self.size).float(), persistent=False)
+        self.register_buffer("permutation", torch.zeros(blocks, self.size, dtype=torch.long))
+        self.signs = nn.Parameter(torch.zeros(blocks, self.size))
+        self.gaussian = nn.Parameter(torch.zeros(blocks, self.size))
+        self.scale = nn.Parameter(torch.zeros(blocks, self.size))
+        self.reset_(seed)
+
+    @torch.no_grad()
+    def reset_(self, seed: int) -> None:
+        """Draw the diagonals and permutations afresh from ``seed``."""
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        for b in range(self.permutation.shape[0]):
+            signs = (
+                torch.randint(0, 2, (self.size,), generator=generator, dtype=torch.float64) * 2 - 1
+            )
+            self.permutation[b] = torch.randperm(self.size, generator=generator)
+            gaussian = torch.randn(self.size, generator=generator, dtype=torch.float64)
+            lengths = torch.randn(
+                self.size, self.size, generator=generator, dtype=torch.float64
+            ).norm(dim=1)
+            self.signs[b] = signs.float()
+            self.gaussian[b] = gaussian.float()
+            self.scale[b] = (lengths * math.sqrt(self.size) / gaussian.norm()).float()
+
+    def forward(self) -> torch.Tensor:
+        h = self.hadamard
+        # (h * signs)[permutation] per block: B, then P, as in fastfood_projection.
+        signed = h.unsqueeze(0) * self.signs.unsqueeze(1)
+        permuted = torch.gather(signed, 1, self.permutation.unsqueeze(-1).expand_as(signed))
+        mixed = h @ (self.gaussian.unsqueeze(-1) * permuted)
+        weights = (self.scale.unsqueeze(-1) * mixed)[:, :, : self.dim]
+        return weights.reshape(-1, self.dim)[: self.nb_features]
+
+
 def quasi_monte_carlo_projection(nb_features: int, dim: int, seed: int) -> torch.Tensor:
     """Scrambled Sobol points through the inverse normal CDF: ``(nb_features, dim)`` float64.
 
@@ -156,6 +207,9 @@ def draw_projection(
         weights = structured_orthogonal_projection(nb_features, dim, generator)
     elif kind == "fastfood":
         weights = fastfood_projection(nb_features, dim, generator)
+    elif kind == "fastfoodl":
+        with torch.no_grad():
+            return LearnableFastfood(nb_features, dim, int(seed))()
     elif kind == "qmc":
         weights = quasi_monte_carlo_projection(nb_features, dim, int(seed))
     else:

@@ -90,3 +90,31 @@ def test_integer_input_ranges_drive_validation():
 
     values = spec.sample({"batch": 3, "seq": 50}, torch.Generator().manual_seed(0))
     assert values.min() >= 5 and values.max() < 9
+
+
+def test_learnable_projection_is_folded_into_one_constant_matching_training_time(tmp_path):
+    import numpy as np
+    import torch
+
+    from favor.ops.models import PerformerLM
+
+    torch.manual_seed(0)
+    lm = PerformerLM(40, 32, 1, 2, nb_features=16, chunk_size=8, projection="fastfoodl")
+    optimizer = torch.optim.SGD(lm.parameters(), lr=0.5)
+    tokens = torch.randint(0, 40, (2, 20))
+    lm(tokens).logsumexp(-1).mean().backward()
+    optimizer.step()  # the diagonals move away from their initial draw
+    lm.eval()
+    result = export(lm, tmp_path, name="lm", exporter="torchscript", formats="onnx")
+    assert (
+        lm.blocks[0].attn.attention.learnable_projection is not None
+    )  # the user's model untouched
+    names = {t.name for t in onnx.load(str(result.onnx_path)).graph.initializer}
+    assert not any("learnable_projection" in n for n in names)
+    session = ort.InferenceSession(str(result.onnx_path))
+    feeds = dict(
+        zip([i.name for i in session.get_inputs()], [tokens, *lm.initial_state(2)], strict=True)
+    )
+    got = session.run(None, {n: t.numpy() for n, t in feeds.items()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, lm(tokens).numpy(), rtol=1e-4, atol=1e-5)

@@ -102,3 +102,20 @@ def test_unknown_projection_and_norm_are_rejected():
         draw_projection("sobol", 8, 4, seed=0)
     with pytest.raises(ValueError, match="orf_norm"):
         draw_projection("orf", 8, 4, seed=0, orf_norm="unit")
+
+
+def test_fastfoodl_trains_its_diagonals_and_folds_to_the_same_outputs():
+    from favor.ops import FavorAttention
+
+    torch.manual_seed(0)
+    attn = FavorAttention(16, 40, projection="fastfoodl", causal=True, chunk_size=8)
+    q, k, v = (torch.randn(2, 2, 20, 16) * 0.5 for _ in range(3))
+    before = attn.learnable_projection.gaussian.detach().clone()
+    optimizer = torch.optim.SGD(attn.parameters(), lr=0.1)
+    attn(q, k, v).pow(2).mean().backward()
+    optimizer.step()
+    assert not torch.equal(before, attn.learnable_projection.gaussian)
+    trained = attn(q, k, v)
+    attn.fold_projection_()
+    assert attn.learnable_projection is None and not list(attn.parameters())
+    torch.testing.assert_close(attn(q, k, v), trained)
