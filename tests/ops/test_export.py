@@ -85,6 +85,7 @@ def test_attention_onnx_matches_torch_at_every_length(
     attn = FavorAttention(
         16, 24, causal=causal, kernel=kernel, projection=projection, chunk_size=CHUNK
     )
+    attn.fold_projection_()  # learnable projections become one constant, as favor-export does
     module = StatefulAttention(attn).eval()
     example = _attention_inputs(attn, 2, 13)
     dynamic = {name: {0: "batch", 2: "seq"} for name in ("q", "k", "v")} | {"state": {0: "batch"}}
