@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from favor.runtime.manifest import ManifestError, find_manifest, read_manifest
@@ -16,7 +15,7 @@ from .errors import ExportError, ValidationError
 from .files import prepare_output_dir, publish, staging_dir
 from .known_models import exportable
 from .manifest import build_manifest, dumps, spec_from_manifest
-from .onnx_graph import EXPORTERS, build_onnx, check_opset, output_dims, save_onnx
+from .onnx_graph import EXPORTERS, build_onnx, check_opset, describe_outputs, save_onnx
 from .specs import ModelSpec
 from .torchscript import build_torchscript
 from .validation import ValidationReport, validate
@@ -137,11 +136,12 @@ def export(
         f"inputs {', '.join(t.name for t in spec.inputs)}",
     )
     out = prepare_output_dir(Path(output_dir))
+    dims, dtypes = describe_outputs(module, spec)
     with staging_dir(out) as stage:
         files: dict[str, Path] = {}
         if "onnx" in chosen_formats:
             say("export", f"ONNX opset {opset} with torch's {chosen_exporter} exporter")
-            graph = build_onnx(module, spec, opset=opset, exporter=chosen_exporter)
+            graph = build_onnx(module, spec, dims, opset=opset, exporter=chosen_exporter)
             say("check", "onnx.checker (full check) and shape inference")
             written = save_onnx(graph, stage / f"{name}.onnx", external_data=external_data)
             files["onnx"] = stage / written[0]
@@ -161,7 +161,8 @@ def export(
         manifest = _manifest(
             name,
             spec,
-            module,
+            dims,
+            dtypes,
             loaded,
             opset if "onnx" in chosen_formats else None,
             chosen_exporter,
@@ -186,16 +187,8 @@ def export(
 
 
 def _manifest(
-    name, spec: ModelSpec, module, loaded: LoadedModel, opset, exporter, files, report
+    name, spec: ModelSpec, dims, dtypes, loaded: LoadedModel, opset, exporter, files, report
 ) -> dict:
-    dims = output_dims(module, spec)
-    with torch.no_grad():
-        outputs = module(*spec.example())
-    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    dtypes = {
-        n: str(t.dtype).removeprefix("torch.")
-        for n, t in zip(spec.output_names, outputs, strict=True)
-    }
     return build_manifest(
         name=name, spec=spec, output_dims=dims, output_dtypes=dtypes, model=loaded.module,
         source={"format": loaded.source, "class": loaded.class_path, "config": loaded.config},

@@ -21,7 +21,7 @@ from torch import nn
 from favor.ops import FavorAttention
 from favor.runtime.manifest import FORMAT, FORMAT_VERSION, sha256_file
 
-from .specs import ModelSpec, TensorSpec
+from .specs import ModelSpec, StateSpec, TensorSpec
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
@@ -111,8 +111,6 @@ def dumps(manifest: dict) -> bytes:
 
 def spec_from_manifest(manifest: dict) -> ModelSpec:
     """Rebuild the :class:`ModelSpec` an export was made and validated with."""
-    from .specs import StateSpec
-
     inputs = tuple(
         TensorSpec(
             i["name"],

@@ -241,8 +241,11 @@ def _convert(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         ) from None
 
 
-def output_dims(module: nn.Module, spec: ModelSpec) -> dict[str, tuple[int | str, ...]]:
-    """Dims of each output: a symbol where it tracks an input symbol, an int where it is fixed.
+def describe_outputs(
+    module: nn.Module, spec: ModelSpec
+) -> tuple[dict[str, tuple[int | str, ...]], dict[str, str]]:
+    """``(dims, dtypes)`` of each output. A dim is a symbol where it tracks an input symbol and
+    an int where it is fixed.
 
     Found by running the module at two sets of sizes that share no values, so a dim that
     follows ``seq`` is told apart from one that follows ``batch`` or from a constant.
@@ -259,7 +262,11 @@ def output_dims(module: nn.Module, spec: ModelSpec) -> dict[str, tuple[int | str
             symbol = next((s for s in first if first[s] == x and second[s] == y), None)
             entry.append(symbol or (x if x == y else f"{name}_dim{axis}"))
         dims[name] = tuple(entry)
-    return dims
+    dtypes = {
+        n: str(t.dtype).removeprefix("torch.")
+        for n, t in zip(spec.output_names, runs[0], strict=True)
+    }
+    return dims, dtypes
 
 
 def _set_dims(value: onnx.ValueInfoProto, dims: tuple[int | str, ...]) -> None:
@@ -283,13 +290,22 @@ def _forbidden(model: onnx.ModelProto) -> list[str]:
     )
 
 
-def build_onnx(module: nn.Module, spec: ModelSpec, *, opset: int, exporter: str) -> onnx.ModelProto:
-    """Export ``module`` to an ONNX model at exactly ``opset``, with dims named from ``spec``."""
+def build_onnx(
+    module: nn.Module,
+    spec: ModelSpec,
+    dims: dict[str, tuple[int | str, ...]],
+    *,
+    opset: int,
+    exporter: str,
+) -> onnx.ModelProto:
+    """Export ``module`` to an ONNX model at exactly ``opset``, with dims named from ``spec``.
+
+    ``dims`` are the output dims from :func:`describe_outputs`.
+    """
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     check_opset(opset, exporter)
     example = spec.example()
-    dims = output_dims(module, spec)
     try:
         model = _torch_export(module, spec, example, opset, exporter, dims)
     except ExportError:
