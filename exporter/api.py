@@ -14,7 +14,7 @@ from .checkpoint import LoadedModel, load_model
 from .errors import ExportError, ValidationError
 from .files import prepare_output_dir, publish, staging_dir
 from .known_models import exportable
-from .manifest import build_manifest, dumps, spec_from_manifest
+from .manifest import build_manifest, dumps, spec_from_manifest, uncalibrated_causal_layers
 from .onnx_graph import EXPORTERS, build_onnx, check_opset, describe_outputs, save_onnx
 from .specs import ModelSpec
 from .torchscript import build_torchscript
@@ -135,6 +135,13 @@ def export(
         f"{loaded.source} {loaded.class_path or type(loaded.module).__name__}: {spec.kind}, "
         f"inputs {', '.join(t.name for t in spec.inputs)}",
     )
+    notes = [
+        f"{path}: causal {layer_kernel} layer was never calibrated and runs as PosRF; "
+        "calibrate it with favor.ops.calibrating before saving"
+        for path, layer_kernel in uncalibrated_causal_layers(loaded.module)
+    ]
+    for note in notes:
+        say("warning", note)
     out = prepare_output_dir(Path(output_dir))
     dims, dtypes = describe_outputs(module, spec)
     with staging_dir(out) as stage:
@@ -183,6 +190,7 @@ def export(
         out / manifest_name,
         manifest,
         report,
+        notes,
     )
 
 

@@ -48,8 +48,20 @@ def attention_layers(model: nn.Module) -> list[dict]:
     layers = []
     for path, sub in model.named_modules():
         if isinstance(sub, FavorAttention):
-            layers.append({"path": path, **sub.config(), "feature_dim": sub.feature_dim})
+            layer = {"path": path, **sub.config(), "feature_dim": sub.feature_dim}
+            if sub.calibration is not None:
+                layer["calibrated"] = sub.calibration.calibrated
+            layers.append(layer)
     return layers
+
+
+def uncalibrated_causal_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """``(path, kernel)`` of causal OPRF/SADERF layers never calibrated: they run as PosRF."""
+    return [
+        (layer["path"] or "<model>", layer["kernel"])
+        for layer in attention_layers(model)
+        if layer["causal"] and layer["kernel"] in ("oprf", "saderf") and not layer["calibrated"]
+    ]
 
 
 def build_manifest(

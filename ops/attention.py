@@ -5,9 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .calibration import KernelCalibration
 from .causal import causal_chunked, causal_step
 from .checks import check_choice, check_key_padding_mask, check_positive_int, check_qkv, check_state
-from .features import KERNELS, POSITIVE_KERNELS, feature_dim, key_features, query_features
+from .features import (
+    KERNELS,
+    PARAMETRIC_KERNELS,
+    POSITIVE_KERNELS,
+    feature_dim,
+    key_features,
+    query_features,
+)
 from .noncausal import noncausal
 from .projections import (
     LEARNABLE_PROJECTIONS,
@@ -100,6 +108,11 @@ class FavorAttention(nn.Module):
             if self.projection in LEARNABLE_PROJECTIONS
             else None
         )
+        self.calibration = (
+            KernelCalibration(self.kernel, self.dim_head)
+            if self.kernel in PARAMETRIC_KERNELS
+            else None
+        )
         self.register_buffer("projection_matrix", self._draw(self.seed))
 
     @property
@@ -160,13 +173,68 @@ class FavorAttention(nn.Module):
             self.projection_matrix.copy_(self.learnable_projection())
             self.learnable_projection = None
 
-    def feature_maps(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stabilized features ``(..., D) -> (..., M')`` in the compute dtype, after scaling."""
+    @torch.no_grad()
+    def calibrate_(
+        self, q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> None:
+        """Accumulate ``q (B, H, Nq, D)`` and ``k (B, H, Nk, D)`` into the kernel's statistics.
+
+        OPRF and SADERF then take their parameters from everything accumulated, in causal and
+        non-causal mode alike; GERF restarts its trainable parameter from the OPRF optimum. A
+        no-op for kernels without data-dependent parameters. See :mod:`favor.ops.calibration`.
+        """
+        if self.calibration is None:
+            return
+        x, y = self._scaled(q, k)
+        x_valid, y_valid = self._valid_tokens(q, k, key_padding_mask)
+        self.calibration.update_(x, y, x_valid, y_valid)
+
+    def kernel_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(a, psi)`` as calibrated: the exponential family's ``a`` and SADERF's ``psi (D,)``.
+
+        These are what causal mode (and non-causal mode once calibrated) uses; ``(None, None)``
+        for kernels without parameters.
+        """
+        if self.calibration is None:
+            return None, None
+        empty = self.calibration.statistics.new_zeros(1, 1, 1, self.dim_head)
+        return self.calibration(empty, empty, from_call=False)
+
+    def _scaled(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = compute_dtype(q.dtype)
         scale = self.dim_head**-0.25
-        w = self.projection_weights().to(dtype)
-        phi_q = query_features(self.kernel, q.to(dtype) * scale, w)
-        phi_k = key_features(self.kernel, k.to(dtype) * scale, w)
+        return q.to(dtype) * scale, k.to(dtype) * scale
+
+    @staticmethod
+    def _valid_tokens(
+        q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(B, 1, N, 1)`` weights of real tokens for the statistics, or None for all.
+
+        In self-attention (as long a query as key sequence) padded positions are padded queries
+        too, and must not move the statistics either.
+        """
+        if key_padding_mask is None:
+            return None, None
+        valid = (~key_padding_mask)[:, None, :, None].to(torch.float32)
+        return (valid if q.shape[-2] == k.shape[-2] else None), valid
+
+    def feature_maps(
+        self, q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stabilized features ``(..., D) -> (..., M')`` in the compute dtype, after scaling."""
+        x, y = self._scaled(q, k)
+        w = self.projection_weights().to(x.dtype)
+        a = None
+        if self.calibration is not None:
+            from_call = not (self.causal or self.calibration.calibrated)
+            x_valid, y_valid = self._valid_tokens(x, y, key_padding_mask)
+            a, psi = self.calibration(x, y, x_valid, y_valid, from_call=from_call)
+            a = a.to(x.dtype)
+            if psi is not None:
+                x, y = x * psi.to(x.dtype), y / psi.to(x.dtype)
+        phi_q = query_features(self.kernel, x, w, a=a)
+        phi_k = key_features(self.kernel, y, w, a=a)
         return phi_q, phi_k
 
     def state_shape(self, batch: int, heads: int, dim_value: int) -> tuple[int, int, int, int]:
@@ -178,6 +246,14 @@ class FavorAttention(nn.Module):
     ) -> torch.Tensor:
         """An empty float32 state, for callers that want to start :meth:`step` explicitly."""
         return torch.zeros(self.state_shape(batch, heads, dim_value), device=device)
+
+    def _check_state_is_consistent(self) -> None:
+        if self.kernel in ("oprf", "saderf") and not (self.causal or self.calibration.calibrated):
+            raise ValueError(
+                f"kernel {self.kernel!r} takes its parameters from each call's q and k until it is "
+                "calibrated, so a state carried between calls would mix feature maps; call "
+                "calibrate_() first"
+            )
 
     def _signed(self) -> bool:
         return self.kernel not in POSITIVE_KERNELS
@@ -205,7 +281,9 @@ class FavorAttention(nn.Module):
             batch, heads, length = k.shape[:3]
             check_key_padding_mask(key_padding_mask, batch, length)
             check_state(state, self.state_shape(batch, heads, v.shape[-1]))
-        phi_q, phi_k = self.feature_maps(q, k)
+        if state is not None or return_state:
+            self._check_state_is_consistent()
+        phi_q, phi_k = self.feature_maps(q, k, key_padding_mask)
         if key_padding_mask is not None:
             # After the feature map: phi(0) is not 0, so masking keys before it would leak.
             phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)

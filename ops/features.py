@@ -21,9 +21,15 @@ import math
 
 import torch
 
-KERNELS = ("posrf", "hyperbolic", "trigrf", "relu")
+KERNELS = ("posrf", "hyperbolic", "trigrf", "relu", "oprf", "gerf", "saderf")
 # Kernels whose features are never negative, so the attention denominator is >= 0.
-POSITIVE_KERNELS = ("posrf", "hyperbolic", "relu")
+POSITIVE_KERNELS = ("posrf", "hyperbolic", "relu", "oprf", "gerf", "saderf")
+# The positive exponential family of Likhosherstov et al. (2022), one map with a parameter
+# ``a < 1/4`` (their ``A``): posrf is ``a = 0``; OPRF and GERF choose ``a``; SADERF also rescales
+# queries and keys per coordinate (see :mod:`favor.ops.calibration`).
+EXPONENTIAL_FAMILY = ("posrf", "oprf", "gerf", "saderf")
+# Kernels with parameters beyond the projection, held by a KernelCalibration module.
+PARAMETRIC_KERNELS = ("oprf", "gerf", "saderf")
 
 # exp(x) overflows float32 above about 88.7; TrigRF's key scale exp(|x|^2 / 2) is clamped well
 # below that so a sum over tens of thousands of keys times the values stays finite.
@@ -45,14 +51,28 @@ def _exp_weights(kernel: str, w: torch.Tensor) -> torch.Tensor:
     return torch.cat([w, -w], dim=0) if kernel == "hyperbolic" else w
 
 
-def random_features(kernel: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _family_slope(a: torch.Tensor | None) -> torch.Tensor | None:
+    """``b = sqrt(1 - 4a)``, the factor on ``w . x`` that keeps the family unbiased."""
+    return None if a is None else torch.sqrt(1 - 4 * a)
+
+
+def random_features(
+    kernel: str, x: torch.Tensor, w: torch.Tensor, *, a: torch.Tensor | None = None
+) -> torch.Tensor:
     """Textbook, unbiased features: ``x (..., d)``, ``w (M, d)`` -> ``(..., M')``.
 
+    The exponential family's map is ``(1 - 4a)^(d/4) exp(a |w|^2 + b w . x - |x|^2 / 2) / sqrt(M)``
+    with ``b = sqrt(1 - 4a)``; ``a`` broadcasts against ``(..., 1)`` and ``None`` means 0 (PosRF).
     For ``relu`` the map defines its own kernel rather than estimating the softmax one.
     """
     proj = x @ w.T
-    if kernel == "posrf":
-        return torch.exp(proj - _half_sq_norm(x)) / math.sqrt(w.shape[0])
+    if kernel in EXPONENTIAL_FAMILY:
+        if a is None:
+            return torch.exp(proj - _half_sq_norm(x)) / math.sqrt(w.shape[0])
+        b = _family_slope(a)
+        log_scale = 0.25 * x.shape[-1] * torch.log(1 - 4 * a)
+        logits = 2 * a * _half_sq_norm(w).T + b * proj - _half_sq_norm(x) + log_scale
+        return torch.exp(logits) / math.sqrt(w.shape[0])
     if kernel == "hyperbolic":
         paired = torch.cat([proj, -proj], dim=-1)
         return torch.exp(paired - _half_sq_norm(x)) / math.sqrt(2 * w.shape[0])
@@ -64,17 +84,22 @@ def random_features(kernel: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tens
     raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
 
 
-def key_features(kernel: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def key_features(
+    kernel: str, x: torch.Tensor, w: torch.Tensor, *, a: torch.Tensor | None = None
+) -> torch.Tensor:
     """Attention-side key features: ``x (..., d)``, ``w (M, d)`` -> ``(..., M')``.
 
-    For the exponential maps the log-feature is shifted by the constant ``-|w_i|^2 / 2``, which
-    turns it into ``-|x - w_i|^2 / 2 <= 0``: every key feature lies in ``(0, 1]`` whatever the
-    other tokens are. Keys far from every ``w_i`` underflow towards 0, which the denominator guard
-    absorbs.
+    For the exponential maps the log-feature is shifted by the constant ``-b^2 |w_i|^2 / 2``, which
+    turns it into ``-|x - b w_i|^2 / 2 <= 0``: every key feature lies in ``(0, 1]`` whatever the
+    other tokens are. Keys far from every ``b w_i`` underflow towards 0, which the denominator
+    guard absorbs. The family's ``a |w|^2`` terms move to the query side.
     """
-    if kernel in ("posrf", "hyperbolic"):
+    if kernel in ("hyperbolic", *EXPONENTIAL_FAMILY):
         w = _exp_weights(kernel, w)
-        return torch.exp(x @ w.T - _half_sq_norm(x) - _half_sq_norm(w).T)
+        b = _family_slope(a)
+        if b is None:
+            return torch.exp(x @ w.T - _half_sq_norm(x) - _half_sq_norm(w).T)
+        return torch.exp(b * (x @ w.T) - _half_sq_norm(x) - b * b * _half_sq_norm(w).T)
     if kernel == "trigrf":
         proj = x @ w.T
         scale = torch.exp(torch.clamp(_half_sq_norm(x), max=TRIG_MAX_LOG_SCALE))
@@ -84,16 +109,22 @@ def key_features(kernel: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
 
 
-def query_features(kernel: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def query_features(
+    kernel: str, x: torch.Tensor, w: torch.Tensor, *, a: torch.Tensor | None = None
+) -> torch.Tensor:
     """Attention-side query features: ``x (..., d)``, ``w (M, d)`` -> ``(..., M')``.
 
-    The exponential maps carry the ``+|w_i|^2 / 2`` that compensates the key-side shift, then
-    subtract their own maximum, so the largest query feature is exactly 1. Both shifts cancel in
-    the attention ratio; the per-query ``|x|^2 / 2`` terms cancel too and are left out.
+    The exponential maps carry ``|w_i|^2 / 2``: the key side's ``-b^2 |w_i|^2 / 2`` plus the
+    family's ``2a |w_i|^2`` (``b^2 / 2 + 2a = 1/2`` for every ``a``). They then subtract their own
+    maximum, so the largest query feature is exactly 1. That shift cancels in the attention
+    ratio, and so do the per-query ``|x|^2 / 2`` terms and the constant ``(1 - 4a)^(d/2)``,
+    which are left out.
     """
-    if kernel in ("posrf", "hyperbolic"):
+    if kernel in ("hyperbolic", *EXPONENTIAL_FAMILY):
         w = _exp_weights(kernel, w)
-        logits = x @ w.T + _half_sq_norm(w).T
+        b = _family_slope(a)
+        proj = x @ w.T if b is None else b * (x @ w.T)
+        logits = proj + _half_sq_norm(w).T
         return torch.exp(logits - logits.amax(dim=-1, keepdim=True).detach())
     if kernel == "trigrf":
         proj = x @ w.T

@@ -22,14 +22,25 @@ def favor_attention_reference(
     *,
     causal: bool,
     key_padding_mask: torch.Tensor | None = None,
+    a: torch.Tensor | None = None,
+    psi: torch.Tensor | None = None,
+    feature_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``q (B, H, Nq, D)``, ``k (B, H, Nk, D)``, ``v (B, H, Nk, Dv)``, ``w (M, D)``.
 
-    Returns ``(B, H, Nq, Dv)``.
+    ``a`` is the exponential family's parameter and ``psi (D,)`` SADERF's rescaling (queries
+    times ``psi``, keys divided by it); ``feature_weights (M',)`` are quadrature weights times
+    ``M``, multiplying each feature's term of the kernel estimate. Returns ``(B, H, Nq, Dv)``.
     """
-    scale = q.shape[-1] ** -0.25
+    x, y = q * q.shape[-1] ** -0.25, k * k.shape[-1] ** -0.25
+    if psi is not None:
+        x, y = x * psi.to(q.dtype), y / psi.to(q.dtype)
     w = w.to(q.dtype)
-    scores = random_features(kernel, q * scale, w) @ random_features(kernel, k * scale, w).mT
+    a = None if a is None else torch.as_tensor(a, dtype=q.dtype)
+    phi_q = random_features(kernel, x, w, a=a)
+    if feature_weights is not None:
+        phi_q = phi_q * feature_weights.to(q.dtype)
+    scores = phi_q @ random_features(kernel, y, w, a=a).mT
     if causal:
         scores = torch.tril(scores)
     if key_padding_mask is not None:

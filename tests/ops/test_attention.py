@@ -24,10 +24,16 @@ def _module(kernel="posrf", *, causal=True, nb_features=32, dim=16, **kwargs):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_matches_textbook_reference(kernel, length, causal):
     attn = _module(kernel, causal=causal)
+    # Calibrated on other data with unequal query and key norms, so the parametric kernels have
+    # parameters well away from PosRF's (a != 0, psi != 1).
+    cal_q, cal_k, _ = qkv(2, 3, 40, 16, seed=9)
+    attn.calibrate_(cal_q * 0.5, cal_k * 1.5)
+    a, psi = attn.kernel_parameters()
     q, k, v = qkv(2, 3, length, 16, dim_value=8)
     expected = favor_attention_reference(
-        q.double(), k.double(), v.double(), attn.projection_matrix, kernel, causal=causal
-    )
+        q.double(), k.double(), v.double(), attn.projection_matrix, kernel, causal=causal,
+        a=None if a is None else a.double(), psi=None if psi is None else psi.double(),
+    )  # fmt: skip
     torch.testing.assert_close(attn(q, k, v).double(), expected, rtol=1e-5, atol=1e-5)
 
 

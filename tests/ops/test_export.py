@@ -71,14 +71,28 @@ def _assert_ort_matches(session, module, inputs: dict[str, torch.Tensor]) -> Non
 def _attention_inputs(attn: FavorAttention, batch: int, length: int, seed: int = 0):
     q, k, v = qkv(batch, 2, length, 16, dim_value=12, seed=seed)
     # A state as a real earlier chunk leaves it, not an arbitrary tensor.
-    _, state = attn(*qkv(batch, 2, 5, 16, dim_value=12, seed=seed + 100), return_state=True)
+    with torch.no_grad():
+        _, state = attn(*qkv(batch, 2, 5, 16, dim_value=12, seed=seed + 100), return_state=True)
     return {"q": q, "k": k, "v": v, "state": state}
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
-@pytest.mark.parametrize("projection", PROJECTIONS)
-@pytest.mark.parametrize("kernel", KERNELS)
+# The graph's structure depends on the kernel, not on which projection filled its constant
+# (beyond SGQ's per-feature weights), so the slower dynamo exporter runs every kernel with the
+# projections that shape the graph and the TorchScript exporter runs every combination.
+DYNAMO_PROJECTIONS = ("orf",)
+GRID = [
+    pytest.param(
+        kernel, projection, causal, exporter, id=f"{kernel}-{projection}-{mode}-{exporter}"
+    )
+    for kernel in KERNELS
+    for projection in PROJECTIONS
+    for causal, mode in ((True, "causal"), (False, "bidirectional"))
+    for exporter in EXPORTERS
+    if exporter == "torchscript" or projection in DYNAMO_PROJECTIONS
+]
+
+
+@pytest.mark.parametrize(("kernel", "projection", "causal", "exporter"), GRID)
 def test_attention_onnx_matches_torch_at_every_length(
     kernel, projection, causal, exporter, tmp_path
 ):
@@ -86,6 +100,9 @@ def test_attention_onnx_matches_torch_at_every_length(
         16, 24, causal=causal, kernel=kernel, projection=projection, chunk_size=CHUNK
     )
     attn.fold_projection_()  # learnable projections become one constant, as favor-export does
+    # Data-dependent kernels carry a state only once calibrated; GERF starts from the optimum.
+    cal_q, cal_k, _ = qkv(2, 2, 30, 16, seed=7)
+    attn.calibrate_(cal_q * 0.5, cal_k * 1.5)
     module = StatefulAttention(attn).eval()
     example = _attention_inputs(attn, 2, 13)
     dynamic = {name: {0: "batch", 2: "seq"} for name in ("q", "k", "v")} | {"state": {0: "batch"}}
@@ -115,6 +132,40 @@ def test_attention_onnx_matches_torch_at_every_length(
     assert any(w.shape in allowed for w in weights)
     for batch, length in SHAPES.values():
         _assert_ort_matches(session, module, _attention_inputs(attn, batch, length, seed=length))
+
+
+class MaskedAttention(nn.Module):
+    def __init__(self, attn: FavorAttention) -> None:
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, q, k, v, key_padding_mask):
+        return self.attn(q, k, v, key_padding_mask=key_padding_mask)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("kernel", ["oprf", "saderf"])
+def test_uncalibrated_parameters_are_computed_inside_the_graph(kernel, exporter, tmp_path):
+    # Uncalibrated bidirectional OPRF/SADERF derive their parameters from each call's q and k:
+    # the statistics must be graph ops over the dynamic length, and respect the padding mask.
+    attn = FavorAttention(16, 24, kernel=kernel)
+    module = MaskedAttention(attn).eval()
+
+    def inputs(batch, length, seed):
+        q, k, v = qkv(batch, 2, length, 16, seed=seed)
+        mask = torch.zeros(batch, length, dtype=torch.bool)
+        mask[0, length // 2 + 1 :] = True
+        return {"q": q * 0.6, "k": k * 1.4, "v": v, "key_padding_mask": mask}
+
+    example = inputs(2, 13, 0)
+    dynamic = {name: {0: "batch", 2: "seq"} for name in ("q", "k", "v")}
+    dynamic["key_padding_mask"] = {0: "batch", 1: "seq"}
+    session = export_onnx(
+        module, tuple(example.values()), tmp_path / "attention.onnx",
+        input_names=list(example), output_names=["out"], dynamic=dynamic, exporter=exporter,
+    )  # fmt: skip
+    for batch, length in SHAPES.values():
+        _assert_ort_matches(session, module, inputs(batch, length, length))
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -12,13 +12,25 @@ from tests.helpers import qkv, rel_rms_error
 SOFTMAX_KERNELS = ["posrf", "hyperbolic", "trigrf"]
 
 
-def _kernel_estimates(kernel: str, projection: str, x, y, *, nb_features: int, draws: int):
+def _kernel_estimates(kernel: str, projection: str, x, y, *, nb_features: int, draws: int, a=None):
     """``(draws, P)`` estimates of ``exp(x_p . y_p)``, one independent projection per draw."""
     out = []
     for seed in range(draws):
         w = draw_projection(projection, nb_features, x.shape[-1], seed=seed).double()
-        out.append((random_features(kernel, x, w) * random_features(kernel, y, w)).sum(-1))
+        phi_x, phi_y = random_features(kernel, x, w, a=a), random_features(kernel, y, w, a=a)
+        out.append((phi_x * phi_y).sum(-1))
     return torch.stack(out)
+
+
+def _assert_unbiased(estimates: torch.Tensor, truth: torch.Tensor) -> None:
+    mean = estimates.mean(0)
+    stderr = estimates.std(0) / estimates.shape[0] ** 0.5
+    # A z-test at 5 standard errors: with fixed seeds the result is deterministic, and an
+    # unbiased estimator lands inside with probability 1 - 6e-7. The second assertion makes the
+    # test able to fail: 5 standard errors must be below 10% of the truth, so a bias above 10%
+    # (a wrong normalization, a missing |x|^2 / 2 term: exp(0.1) and up here) is caught.
+    assert torch.all((mean - truth).abs() < 5 * stderr), (mean, truth, stderr)
+    assert torch.all(5 * stderr < 0.10 * truth), stderr
 
 
 @pytest.mark.parametrize("projection", ["gaussian", "orf", "qmc"])
@@ -29,14 +41,18 @@ def test_kernel_estimate_is_unbiased(kernel, projection):
     y = torch.randn(6, 8, generator=gen, dtype=torch.float64) * 0.25
     truth = torch.exp((x * y).sum(-1))
     estimates = _kernel_estimates(kernel, projection, x, y, nb_features=16, draws=3000)
-    mean = estimates.mean(0)
-    stderr = estimates.std(0) / estimates.shape[0] ** 0.5
-    # A z-test at 5 standard errors: with fixed seeds the result is deterministic, and an
-    # unbiased estimator lands inside with probability 1 - 6e-7. The second assertion makes the
-    # test able to fail: 5 standard errors must be below 10% of the truth, so a bias above 10%
-    # (a wrong normalization, a missing |x|^2 / 2 term: exp(0.1) and up here) is caught.
-    assert torch.all((mean - truth).abs() < 5 * stderr), (mean, truth, stderr)
-    assert torch.all(5 * stderr < 0.10 * truth), stderr
+    _assert_unbiased(estimates, truth)
+
+
+@pytest.mark.parametrize("a", [-0.4, 0.05], ids=["a=-0.4", "a=0.05"])
+def test_exponential_family_is_unbiased_for_any_parameter(a):
+    # The family behind OPRF, GERF and SADERF: every a < 1/4 estimates the same kernel.
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 8, generator=gen, dtype=torch.float64) * 0.25
+    y = torch.randn(6, 8, generator=gen, dtype=torch.float64) * 0.25
+    a = torch.tensor(a, dtype=torch.float64)
+    estimates = _kernel_estimates("oprf", "gaussian", x, y, nb_features=16, draws=3000, a=a)
+    _assert_unbiased(estimates, torch.exp((x * y).sum(-1)))
 
 
 @pytest.mark.parametrize("kernel", ["posrf", "hyperbolic"])
@@ -53,13 +69,18 @@ def test_exponential_features_are_bounded_without_looking_at_other_tokens(kernel
     )
 
 
-@pytest.mark.parametrize("kernel", ["posrf", "hyperbolic", "trigrf"])
-def test_stabilized_features_give_the_textbook_attention_weights(kernel):
+@pytest.mark.parametrize(
+    ("kernel", "a"),
+    [("posrf", None), ("hyperbolic", None), ("trigrf", None), ("oprf", -0.3), ("oprf", 0.2)],
+    ids=["posrf", "hyperbolic", "trigrf", "family-a=-0.3", "family-a=0.2"],
+)
+def test_stabilized_features_give_the_textbook_attention_weights(kernel, a):
     w = draw_projection("gaussian", 64, 16, seed=0).double()
     x = torch.randn(10, 16, dtype=torch.float64) * 0.5
     y = torch.randn(12, 16, dtype=torch.float64) * 0.5
-    textbook = random_features(kernel, x, w) @ random_features(kernel, y, w).T
-    stabilized = query_features(kernel, x, w) @ key_features(kernel, y, w).T
+    a = None if a is None else torch.tensor(a, dtype=torch.float64)
+    textbook = random_features(kernel, x, w, a=a) @ random_features(kernel, y, w, a=a).T
+    stabilized = query_features(kernel, x, w, a=a) @ key_features(kernel, y, w, a=a).T
     # The shifts only rescale each query's row, so normalized rows agree.
     torch.testing.assert_close(
         stabilized / stabilized.sum(-1, keepdim=True), textbook / textbook.sum(-1, keepdim=True)
