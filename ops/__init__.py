@@ -6,7 +6,8 @@ recurrent state has a constant size. See :class:`FavorAttention`.
 
 from .attention import FavorAttention
 from .features import KERNELS
+from .lara import LaraAttention
 from .multihead import MultiheadFavorAttention
 from .projections import PROJECTIONS
 
-__all__ = ["KERNELS", "PROJECTIONS", "FavorAttention", "MultiheadFavorAttention"]
+__all__ = ["KERNELS", "PROJECTIONS", "FavorAttention", "LaraAttention", "MultiheadFavorAttention"]
