@@ -22,11 +22,12 @@ from .projections import (
     ORF_NORMS,
     PROJECTIONS,
     LearnableFastfood,
+    draw_feature_weights,
     draw_projection,
 )
 
-# Lower bound on |denominator| for kernels whose features can be negative (TrigRF). Positive
-# kernels only need to avoid 0 / 0 and use the dtype's smallest normal number instead.
+# Lower bound on |denominator| for estimates that can be negative (TrigRF, or any kernel with
+# sparse-grid weights). Positive kernels only need to avoid 0 / 0 and use the dtype's smallest normal number instead.
 SIGNED_DENOMINATOR_FLOOR = 1e-6
 
 
@@ -43,7 +44,8 @@ def append_ones(v: torch.Tensor) -> torch.Tensor:
 def saturate_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Cast, clamping to ``dtype``'s finite range: an fp16 result saturates instead of becoming inf.
 
-    Only TrigRF can get there, when its signed denominator estimate lands near zero.
+    Only signed estimates (TrigRF, sparse-grid weights) get there, when the denominator lands
+    near zero.
     """
     if dtype == x.dtype:
         return x
@@ -51,16 +53,21 @@ def saturate_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.clamp(min=info.min, max=info.max).to(dtype)
 
 
-def divide(out: torch.Tensor, *, signed: bool) -> torch.Tensor:
-    """Split ``(..., Dv + 1)`` into numerator and denominator and divide, guarding the latter."""
+def divide(out: torch.Tensor, *, signed_floor: float | None) -> torch.Tensor:
+    """Split ``(..., Dv + 1)`` into numerator and denominator and divide, guarding the latter.
+
+    ``signed_floor=None`` is for positive estimates, whose denominator only needs to avoid
+    ``0 / 0``; a signed one keeps its sign and stays at least ``signed_floor`` in magnitude.
+    """
     numerator, denominator = out[..., :-1], out[..., -1:]
-    if signed:
-        floor = SIGNED_DENOMINATOR_FLOOR
-        denominator = torch.where(
-            denominator < 0, denominator.clamp(max=-floor), denominator.clamp(min=floor)
-        )
-    else:
+    if signed_floor is None:
         denominator = denominator.clamp(min=torch.finfo(denominator.dtype).tiny)
+    else:
+        denominator = torch.where(
+            denominator < 0,
+            denominator.clamp(max=-signed_floor),
+            denominator.clamp(min=signed_floor),
+        )
     return numerator / denominator
 
 
@@ -114,6 +121,8 @@ class FavorAttention(nn.Module):
             else None
         )
         self.register_buffer("projection_matrix", self._draw(self.seed))
+        # Quadrature projections weight each feature's term (signed): (M',) on the query side.
+        self.register_buffer("feature_weights", self._draw_feature_weights(self.seed))
 
     @property
     def feature_dim(self) -> int:
@@ -141,6 +150,12 @@ class FavorAttention(nn.Module):
             self.projection, self.nb_features, self.dim_head, seed=seed, orf_norm=self.orf_norm
         )
 
+    def _draw_feature_weights(self, seed: int) -> torch.Tensor | None:
+        weights = draw_feature_weights(self.projection, self.nb_features, self.dim_head, seed=seed)
+        if weights is None or self.feature_dim == self.nb_features:
+            return weights
+        return torch.cat([weights, weights])  # paired kernels: both halves share a direction
+
     @torch.no_grad()
     def redraw_(self, seed: int | None = None) -> int:
         """Replace the projection by a fresh draw and return the seed used.
@@ -153,6 +168,8 @@ class FavorAttention(nn.Module):
         if self.learnable_projection is not None:
             self.learnable_projection.reset_(seed)
         self.projection_matrix.copy_(self._draw(seed))
+        if self.feature_weights is not None:
+            self.feature_weights.copy_(self._draw_feature_weights(seed))
         self.seed = int(seed)
         return self.seed
 
@@ -234,6 +251,8 @@ class FavorAttention(nn.Module):
             if psi is not None:
                 x, y = x * psi.to(x.dtype), y / psi.to(x.dtype)
         phi_q = query_features(self.kernel, x, w, a=a)
+        if self.feature_weights is not None:
+            phi_q = phi_q * self.feature_weights.to(x.dtype)
         phi_k = key_features(self.kernel, y, w, a=a)
         return phi_q, phi_k
 
@@ -255,8 +274,19 @@ class FavorAttention(nn.Module):
                 "calibrate_() first"
             )
 
-    def _signed(self) -> bool:
-        return self.kernel not in POSITIVE_KERNELS
+    def denominator_floor(self) -> float | None:
+        """Smallest denominator magnitude for signed estimates; None when it is never negative.
+
+        TrigRF's stabilized features have a known scale (queries in [-1, 1], keys at least 1),
+        so a fixed floor bounds its outputs. Sparse-grid weights make an exponential kernel's
+        estimate signed too, but its key features can legitimately be far below 1: only an
+        exact zero is guarded there.
+        """
+        if self.kernel not in POSITIVE_KERNELS:
+            return SIGNED_DENOMINATOR_FLOOR
+        if self.feature_weights is not None:
+            return torch.finfo(torch.float32).tiny
+        return None
 
     def forward(
         self,
@@ -294,7 +324,7 @@ class FavorAttention(nn.Module):
             out, new_state = causal_chunked(phi_q, phi_k, values, state, chunk_size=self.chunk_size)
         else:
             out, new_state = noncausal(phi_q, phi_k, values, state)
-        out = saturate_cast(divide(out, signed=self._signed()), v.dtype)
+        out = saturate_cast(divide(out, signed_floor=self.denominator_floor()), v.dtype)
         return (out, new_state) if return_state else out
 
     def step(
@@ -324,4 +354,6 @@ class FavorAttention(nn.Module):
         out, new_state = causal_step(
             phi_q, phi_k, append_ones(v_t.to(phi_k.dtype)), state.to(phi_k.dtype)
         )
-        return saturate_cast(divide(out, signed=self._signed()), v_t.dtype), new_state
+        return saturate_cast(
+            divide(out, signed_floor=self.denominator_floor()), v_t.dtype
+        ), new_state

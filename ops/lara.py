@@ -196,7 +196,7 @@ class LaraAttention(nn.Module):
         # per-query -|x_n|^2 / 2, then less its max over samples: per-query constants cancel.
         logits = log_alpha + x @ w.transpose(-1, -2) - log_own.unsqueeze(-2) + shift
         weights = torch.exp(logits - logits.amax(dim=-1, keepdim=True).detach())
-        return saturate_cast(divide(weights @ summary, signed=False), v.dtype)
+        return saturate_cast(divide(weights @ summary, signed_floor=None), v.dtype)
 
 
 def lara_reference(

@@ -14,9 +14,13 @@ import math
 import torch
 from torch import nn
 
-PROJECTIONS = ("gaussian", "orf", "sorf", "qmc", "mm", "fastfood", "fastfoodl")
+from .quadrature import sparse_grid_rule
+
+PROJECTIONS = ("gaussian", "orf", "sorf", "qmc", "mm", "sgq", "fastfood", "fastfoodl")
 # Projections that are functions of trainable parameters rather than fixed draws.
 LEARNABLE_PROJECTIONS = ("fastfoodl",)
+# Projections whose rows come with quadrature weights instead of the Monte Carlo 1 / M.
+WEIGHTED_PROJECTIONS = ("sgq",)
 ORF_NORMS = ("chi", "sqrt_d")
 
 
@@ -210,8 +214,26 @@ def draw_projection(
     elif kind == "fastfoodl":
         with torch.no_grad():
             return LearnableFastfood(nb_features, dim, int(seed))()
+    elif kind == "sgq":
+        weights = sparse_grid_rule(nb_features, dim, generator)[0]
     elif kind == "qmc":
         weights = quasi_monte_carlo_projection(nb_features, dim, int(seed))
     else:
         weights = moment_matched_projection(nb_features, dim, generator)
     return weights.to(torch.float32)
+
+
+def draw_feature_weights(
+    kind: str, nb_features: int, dim: int, *, seed: int
+) -> torch.Tensor | None:
+    """Quadrature weights times ``nb_features`` ``(nb_features,)`` float32, or None for Monte Carlo.
+
+    They belong to the rows :func:`draw_projection` returns for the same arguments: the kernel
+    estimate is ``sum_i c_i f(x, w_i) f(y, w_i)`` instead of the mean over ``i``, so scaling by
+    ``nb_features`` makes plain Monte Carlo the all-ones case. Sparse-grid weights can be
+    negative.
+    """
+    if kind not in WEIGHTED_PROJECTIONS:
+        return None
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    return (sparse_grid_rule(nb_features, dim, generator)[1] * nb_features).to(torch.float32)

@@ -60,12 +60,14 @@ class FlatLM(nn.Module):
         return (logits, *state)
 
 
-def _assert_ort_matches(session, module, inputs: dict[str, torch.Tensor]) -> None:
+def _assert_ort_matches(
+    session, module, inputs: dict[str, torch.Tensor], tolerance: float = 1e-5
+) -> None:
     with torch.no_grad():
         expected = module(*inputs.values())
     expected = expected if isinstance(expected, tuple) else (expected,)
     for got, want in zip(run_onnx(session, **inputs), expected, strict=True):
-        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, want.numpy(), rtol=tolerance, atol=tolerance)
 
 
 def _attention_inputs(attn: FavorAttention, batch: int, length: int, seed: int = 0):
@@ -79,7 +81,7 @@ def _attention_inputs(attn: FavorAttention, batch: int, length: int, seed: int =
 # The graph's structure depends on the kernel, not on which projection filled its constant
 # (beyond SGQ's per-feature weights), so the slower dynamo exporter runs every kernel with the
 # projections that shape the graph and the TorchScript exporter runs every combination.
-DYNAMO_PROJECTIONS = ("orf",)
+DYNAMO_PROJECTIONS = ("orf", "sgq")
 GRID = [
     pytest.param(
         kernel, projection, causal, exporter, id=f"{kernel}-{projection}-{mode}-{exporter}"
@@ -130,8 +132,12 @@ def test_attention_onnx_matches_torch_at_every_length(
     ]
     allowed = {(m, 16) for m in (24, attn.feature_dim)} | {(16, m) for m in (24, attn.feature_dim)}
     assert any(w.shape in allowed for w in weights)
+    # Signed estimates (TrigRF, sparse-grid weights) amplify rounding differences between the
+    # two runtimes' kernels: they get the product's parity budget, 1e-4, the others 1e-5.
+    tolerance = 1e-5 if attn.denominator_floor() is None else 1e-4
     for batch, length in SHAPES.values():
-        _assert_ort_matches(session, module, _attention_inputs(attn, batch, length, seed=length))
+        inputs = _attention_inputs(attn, batch, length, seed=length)
+        _assert_ort_matches(session, module, inputs, tolerance)
 
 
 class MaskedAttention(nn.Module):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from favor.ops import FavorAttention
 from favor.ops.features import key_features, query_features, random_features
-from favor.ops.projections import draw_projection
+from favor.ops.projections import draw_feature_weights, draw_projection
 from tests.helpers import qkv, rel_rms_error
 
 SOFTMAX_KERNELS = ["posrf", "hyperbolic", "trigrf"]
@@ -119,3 +119,27 @@ def test_orthogonal_features_beat_iid_in_the_small_norm_regime():
         for p in ("gaussian", "orf")
     }
     assert mse["orf"] < 0.8 * mse["gaussian"], mse
+
+
+def test_sparse_grid_weights_enter_the_kernel_estimate():
+    # A pure level-2 grid (33 nodes at d = 16) is exact for polynomials of degree 3, so in the
+    # small-norm regime its weighted estimate is far closer than Monte Carlo with as many rows.
+    # Ignoring the weights (origin weight about -4) would be off by a factor.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(32, 16, generator=gen, dtype=torch.float64) * 0.1
+    y = torch.randn(32, 16, generator=gen, dtype=torch.float64) * 0.1
+    truth = torch.exp((x * y).sum(-1))
+
+    def relative_errors(projection, seed):
+        w = draw_projection(projection, 33, 16, seed=seed).double()
+        weights = draw_feature_weights(projection, 33, 16, seed=seed)
+        phi_x, phi_y = random_features("posrf", x, w), random_features("posrf", y, w)
+        if weights is not None:
+            phi_x = phi_x * weights.double()
+        return ((phi_x * phi_y).sum(-1) / truth - 1).abs()
+
+    grid = torch.stack([relative_errors("sgq", s) for s in range(5)])
+    monte_carlo = torch.stack([relative_errors("gaussian", s) for s in range(5)])
+    # Measured: mean 0.0095 and max 0.040 for the grid, mean 0.094 for Monte Carlo.
+    assert grid.max() < 0.06, grid.max()
+    assert grid.mean() < 0.25 * monte_carlo.mean(), (grid.mean(), monte_carlo.mean())

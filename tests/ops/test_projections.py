@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from favor.ops.projections import PROJECTIONS, draw_projection
+from favor.ops.projections import PROJECTIONS, draw_feature_weights, draw_projection
 
 
 @pytest.mark.parametrize("kind", PROJECTIONS)
@@ -81,9 +81,12 @@ def test_qmc_points_are_more_even_than_iid():
 def test_rows_have_gaussian_moments(kind):
     # 16 384 entries: the mean has standard error 1/128 and the variance about sqrt(2)/128, so
     # a 5-sigma band is +-0.04 and +-0.055. A wrong scale (e.g. unit rows) misses by far more.
+    # Quadrature projections are Gaussian in their weighted moments, Monte Carlo ones plainly.
     w = draw_projection(kind, 1024, 16, seed=1).double()
-    assert abs(w.mean().item()) < 0.04
-    assert abs(w.pow(2).mean().item() - 1.0) < 0.055
+    weights = draw_feature_weights(kind, 1024, 16, seed=1)
+    p = torch.full((1024, 1), 1 / 1024.0) if weights is None else weights.double()[:, None] / 1024
+    assert abs((p * w).sum(0).mean().item()) < 0.04
+    assert abs((p * w * w).sum(0).mean().item() - 1.0) < 0.055
 
 
 def test_orf_directions_are_sign_fixed_haar():
