@@ -9,6 +9,20 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+# Graph ops that would mean randomness or data-dependent control flow in an exported graph.
+FORBIDDEN_OPS = frozenset(
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Loop",
+        "If",
+        "Scan",
+    }
+)
+
 
 def qkv(
     batch: int,

@@ -11,21 +11,10 @@ from torch import nn
 
 from favor.ops import FavorAttention, LaraAttention
 from favor.ops.lara import lara_reference
-from tests.helpers import export_onnx, qkv, rel_rms_error, run_onnx
+from tests.helpers import FORBIDDEN_OPS, export_onnx, qkv, rel_rms_error, run_onnx
 
 DIM = 16
 LENGTHS = {"1": 1, "N<C": 5, "N=C": 8, "3C+5": 29}
-# Graph ops that would mean randomness or data-dependent control flow.
-FORBIDDEN_OPS = {
-    "RandomNormal",
-    "RandomNormalLike",
-    "RandomUniform",
-    "RandomUniformLike",
-    "Multinomial",
-    "Loop",
-    "If",
-    "Scan",
-}
 
 
 def _module(nb_features=16, *, num_proposals=8, seed=0, dim=DIM):
