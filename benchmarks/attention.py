@@ -64,10 +64,12 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
@@ -81,10 +83,20 @@ GIB = 2**30
 FP32_BYTES = 4
 
 # Display order; the keys double as the ``--case`` method names.
-METHODS = ("favor", "favor_causal", "sdpa", "sdpa_causal", "cumsum_causal")
+METHODS = (
+    "favor",
+    "favor_causal",
+    "favor_ort",
+    "favor_causal_ort",
+    "sdpa",
+    "sdpa_causal",
+    "cumsum_causal",
+)
 LABELS = {
     "favor": "favor",
     "favor_causal": "favor causal",
+    "favor_ort": "favor, ORT",
+    "favor_causal_ort": "favor causal, ORT",
     "sdpa": "sdpa",
     "sdpa_causal": "sdpa causal",
     "cumsum_causal": "cumsum causal (textbook)",
@@ -92,10 +104,15 @@ LABELS = {
 CAUSAL = {
     "favor": False,
     "favor_causal": True,
+    "favor_ort": False,
+    "favor_causal_ort": True,
     "sdpa": False,
     "sdpa_causal": True,
     "cumsum_causal": True,
 }
+# Methods that run the exported graph in ONNX Runtime, and the eager method they export.
+ORT_METHODS = {"favor_ort": "favor", "favor_causal_ort": "favor_causal"}
+GRAPH_OPSET = 17
 # Disturbed cases whose measured calls took longer than this are not retried.
 RETRY_MAX_CASE_S = 10.0
 # Seconds to wait for other processes to go quiet before each matmul reference.
@@ -140,7 +157,7 @@ def flops(method: str, n: int, cfg: Config) -> float:
         "cumsum_causal": features + linear,
         "sdpa": 4 * n * n * d,
         "sdpa_causal": 2 * n * n * d,
-    }[method]
+    }[ORT_METHODS.get(method, method)]
     return float(per_head * cfg.batch * cfg.heads)
 
 
@@ -200,17 +217,49 @@ def cumsum_causal(
     return numerator / denominator.clamp(min=torch.finfo(denominator.dtype).tiny)
 
 
-def build_call(method: str, n: int, cfg: Config) -> Callable[[], torch.Tensor]:
+def favor_module(method: str, cfg: Config) -> FavorAttention:
+    """The module a FAVOR method runs (or exports); seed 0, so eager and ORT share weights."""
+    return FavorAttention(
+        cfg.dim_head, cfg.features, causal=CAUSAL[method], chunk_size=cfg.chunk_size
+    ).eval()
+
+
+def export_graph(method: str, cfg: Config, path: Path) -> Path:
+    """Export an ORT method's module with a dynamic batch and length (dynamo, opset 17)."""
+    n = 2 * cfg.chunk_size + 3
+    example = tuple(torch.randn(cfg.batch, cfg.heads, n, cfg.dim_head) for _ in range(3))
+    dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            favor_module(ORT_METHODS[method], cfg), example, str(path), dynamo=True,
+            opset_version=GRAPH_OPSET, input_names=["q", "k", "v"], output_names=["out"],
+            dynamic_shapes=(dims, dims, dims), verbose=False, report=False,
+        )  # fmt: skip
+    return path
+
+
+def ort_call(graph: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], object]:
+    """An ONNX Runtime CPU session on ``graph`` with full graph optimization, fed numpy inputs."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
+    return lambda: session.run(None, feeds)
+
+
+def build_call(method: str, n: int, cfg: Config, graph: str | None = None) -> Callable[[], object]:
     """Inputs, module and a no-argument closure that runs one attention call."""
     generator = torch.Generator().manual_seed(0)
     shape = (cfg.batch, cfg.heads, n, cfg.dim_head)
     q, k, v = (torch.randn(shape, generator=generator) for _ in range(3))
+    if graph is not None:
+        return ort_call(graph, q, k, v)
     if method.startswith("sdpa"):
         causal = CAUSAL[method]
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    module = FavorAttention(
-        cfg.dim_head, cfg.features, causal=CAUSAL[method], chunk_size=cfg.chunk_size
-    ).eval()
+    module = favor_module(method, cfg)
     if method == "cumsum_causal":
         return lambda: cumsum_causal(module, q, k, v)
     return lambda: module(q, k, v)
@@ -295,7 +344,7 @@ class LoadMeter:
 def run_attention_case(spec: dict) -> dict:
     """Time one ``(method, n)`` case and measure its working memory; JSON-ready result."""
     cfg = Config(**spec["config"])
-    call = build_call(spec["method"], spec["n"], cfg)
+    call = build_call(spec["method"], spec["n"], cfg, spec.get("graph"))
     gc.collect()
     hwm_reset = reset_peak_rss()
     baseline = current_rss_kib()
@@ -466,6 +515,11 @@ def run_sweep(args: argparse.Namespace, cfg: Config, timing: Timing) -> tuple[di
     """
     timing_spec = vars(timing)
     total = 2 + len(args.lengths) * len(METHODS)
+    print("exporting the ORT methods' graphs", file=sys.stderr, flush=True)
+    graphs = {
+        method: str(export_graph(method, cfg, args.out_dir / "graphs" / f"{method}.onnx"))
+        for method in ORT_METHODS
+    }
     first = measure_matmul(args, timing, f" 1/{total}")
     results = []
     index = 1
@@ -478,6 +532,7 @@ def run_sweep(args: argparse.Namespace, cfg: Config, timing: Timing) -> tuple[di
                 "n": n,
                 "config": vars(cfg),
                 "timing": timing_spec,
+                "graph": graphs.get(method),
             }
             reason = skip_reason(method, n, cfg, args)
             result = {"skipped": reason} if reason else measure(spec, args)
