@@ -64,15 +64,14 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
+from favor.exporter.onnx_graph import quiet_torch_exporters
 from favor.ops import FavorAttention
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -230,8 +229,7 @@ def export_graph(method: str, cfg: Config, path: Path) -> Path:
     example = tuple(torch.randn(cfg.batch, cfg.heads, n, cfg.dim_head) for _ in range(3))
     dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_torch_exporters():
         torch.onnx.export(
             favor_module(ORT_METHODS[method], cfg), example, str(path), dynamo=True,
             opset_version=GRAPH_OPSET, input_names=["q", "k", "v"], output_names=["out"],
@@ -242,6 +240,10 @@ def export_graph(method: str, cfg: Config, path: Path) -> Path:
 
 def ort_call(graph: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], object]:
     """An ONNX Runtime CPU session on ``graph`` with full graph optimization, fed numpy inputs."""
+    # Imported in the child that needs it: onnxruntime's import adds ~150 MiB of RSS that the
+    # torch cases' peak-memory figures would otherwise pick up.
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
@@ -382,9 +384,12 @@ def run_matmul_case(spec: dict) -> dict:
 
 
 def run_case(spec: dict) -> dict:
-    """Dispatch a ``--case`` spec to the matmul or the attention runner."""
+    """Dispatch a ``--case`` spec to the matmul, export or attention runner."""
     if spec["kind"] == "matmul":
         return run_matmul_case(spec)
+    if spec["kind"] == "export":
+        path = export_graph(spec["method"], Config(**spec["config"]), Path(spec["path"]))
+        return {"path": str(path)}
     return run_attention_case(spec)
 
 
@@ -514,17 +519,24 @@ def run_sweep(args: argparse.Namespace, cfg: Config, timing: Timing) -> tuple[di
     Disturbed short cases get one more attempt once the sweep is through.
     """
     timing_spec = vars(timing)
-    total = 2 + len(args.lengths) * len(METHODS)
+    total = 2 + len(args.lengths) * len(args.methods)
     print("exporting the ORT methods' graphs", file=sys.stderr, flush=True)
-    graphs = {
-        method: str(export_graph(method, cfg, args.out_dir / "graphs" / f"{method}.onnx"))
-        for method in ORT_METHODS
-    }
+    # Exported in child processes too: an export leaves the parent in a state (torch.export's
+    # caches) that inflated every later case's measured peak memory by about 150 MiB.
+    graphs = {}
+    for method in ORT_METHODS:
+        if method in args.methods:
+            path = args.out_dir / "graphs" / f"{method}.onnx"
+            spec = {"kind": "export", "method": method, "config": vars(cfg), "path": str(path)}
+            result = spawn_case(spec, args.case_timeout)
+            if "error" in result:
+                raise SystemExit(f"exporting {method} failed: {result['error']}")
+            graphs[method] = result["path"]
     first = measure_matmul(args, timing, f" 1/{total}")
     results = []
     index = 1
     for n in args.lengths:
-        for method in METHODS:
+        for method in args.methods:
             index += 1
             spec = {
                 "kind": "attention",
@@ -700,6 +712,17 @@ def lengths_arg(text: str) -> tuple[int, ...]:
     return values
 
 
+def methods_arg(text: str) -> tuple[str, ...]:
+    """Parse ``favor,sdpa`` into known method names, in the table's order."""
+    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = chosen - set(METHODS)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"methods must be some of {', '.join(METHODS)}; got {text!r}"
+        )
+    return tuple(method for method in METHODS if method in chosen)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options; ``--case`` is internal (one case, run in a child process)."""
     parser = argparse.ArgumentParser(
@@ -717,6 +740,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quick", action="store_true", help="only n = 512,1024,2048 (overrides --lengths)"
+    )
+    parser.add_argument(
+        "--methods",
+        type=methods_arg,
+        default=",".join(METHODS),
+        help="comma-separated methods to run (default: all, %(default)s)",
     )
     parser.add_argument("--batch", type=int, default=1, help="batch size B (default: 1)")
     parser.add_argument("--heads", type=int, default=8, help="heads H (default: 8)")

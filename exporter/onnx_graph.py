@@ -98,7 +98,7 @@ def check_opset(opset: int, exporter: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_torch_exporters() -> Iterator[None]:
+def quiet_torch_exporters() -> Iterator[None]:
     """Silence torch's deprecation and progress chatter; our own progress reports replace it."""
     loggers = [
         logging.getLogger(name)
@@ -195,7 +195,7 @@ def _torch_export(
     module: nn.Module, spec: ModelSpec, example: tuple, opset: int, exporter: str, output_dims
 ) -> onnx.ModelProto:
     names = [t.name for t in spec.inputs]
-    with _quiet_torch_exporters():
+    with quiet_torch_exporters():
         if exporter == "dynamo":
             program = torch.onnx.export(
                 module, example, dynamo=True, input_names=names,
