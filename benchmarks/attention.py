@@ -4,11 +4,16 @@ Run from the repository root::
 
     python -m benchmarks.attention            # full sweep, n = 512 ... 32768
     python -m benchmarks.attention --quick    # n = 512, 1024, 2048
+    python -m benchmarks.attention --lengths 4096,65536 --methods favor_causal_ort,sdpa_causal
 
 Methods, all fp32 on CPU under ``torch.inference_mode()`` with torch's default thread count:
 
 * ``favor``: ``FavorAttention(D, M, causal=False)``, non-causal linear attention.
 * ``favor causal``: ``FavorAttention(D, M, causal=True)``, chunked prefix sums (``C`` tokens).
+* ``favor, ORT`` / ``favor causal, ORT``: the same modules exported once with the dynamo exporter
+  (opset 17, dynamic batch and length) and run in an ONNX Runtime CPU session with
+  ``favor.runtime``'s session options (full graph optimization, no memory pattern). This is the
+  path deployed models take.
 * ``sdpa`` / ``sdpa causal``: ``F.scaled_dot_product_attention(q, k, v, is_causal=...)``.
 * ``cumsum causal``: the textbook causal form, a per-token prefix sum of ``phi(k) v^T`` with shape
   ``(B, H, N, M, Dv)``, on the module's own ``feature_maps``. It is O(N M Dv) in memory, which is
@@ -239,14 +244,12 @@ def export_graph(method: str, cfg: Config, path: Path) -> Path:
 
 
 def ort_call(graph: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], object]:
-    """An ONNX Runtime CPU session on ``graph`` with full graph optimization, fed numpy inputs."""
-    # Imported in the child that needs it: onnxruntime's import adds ~150 MiB of RSS that the
-    # torch cases' peak-memory figures would otherwise pick up.
+    """A CPU session on ``graph`` with favor.runtime's session options, fed numpy inputs."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    from favor.runtime.session import session_options
+
+    session = ort.InferenceSession(graph, session_options(), providers=["CPUExecutionProvider"])
     feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
     return lambda: session.run(None, feeds)
 

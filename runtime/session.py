@@ -78,6 +78,24 @@ def resolve_providers(providers: str | Sequence[str]) -> list[str]:
     return resolved
 
 
+def session_options(threads: int | None = None, optimization: str = "all") -> ort.SessionOptions:
+    """The ONNX Runtime options every favor session uses.
+
+    ORT's memory pattern plans one block per input shape and allocates it afresh for each new
+    shape. Prefill lengths vary from call to call, and the block for long sequences is large:
+    for causal attention at n = 65536 (H = 8, D = 64, M = 128) it doubled peak memory, 3.36 GiB
+    against 1.74 GiB without it, at the same speed (811 and 803 ms per call); decode steps
+    measured the same either way. So it is off.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    options.log_severity_level = 3
+    options.enable_mem_pattern = False
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
+
+
 class Session:
     """An exported model loaded into ONNX Runtime.
 
@@ -112,11 +130,7 @@ class Session:
             )
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
-        options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = threads
+        options = session_options(threads, optimization)
         self.providers = resolve_providers(providers)
         try:
             self._session = ort.InferenceSession(
