@@ -101,6 +101,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.machine import cpu_model
 from favor.ops import KERNELS, PROJECTIONS, FavorAttention, LaraAttention
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -553,18 +554,6 @@ def render_best(
             text += f"   (uniform: {uniform['mean']:.3g})"
         lines.append(f"  {regime:<15s} M={m:<4d} {text}")
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo, or 'unknown'."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def git_commit() -> str | None:

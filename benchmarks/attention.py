@@ -76,6 +76,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.machine import cpu_model
 from favor.exporter.onnx_graph import quiet_torch_exporters
 from favor.ops import FavorAttention
 
@@ -603,18 +604,6 @@ def render_table(matmul: dict, results: list[dict], max_other_load: float) -> st
     if any(not r.get("hwm_reset", True) for r in results):
         lines.append("\\* RSS high-water mark could not be reset: the figure may include setup.")
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo, or 'unknown'."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def render_header(args: argparse.Namespace, cfg: Config, matmul: dict, elapsed_s: float) -> str:
