@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from favor.ops import FavorAttention
+from favor.ops.features import DATA_DEPENDENT_KERNELS
 from favor.runtime.manifest import FORMAT, FORMAT_VERSION, sha256_file
 
 from .specs import ModelSpec, StateSpec, TensorSpec
@@ -60,7 +61,7 @@ def uncalibrated_causal_layers(model: nn.Module) -> list[tuple[str, str]]:
     return [
         (layer["path"] or "<model>", layer["kernel"])
         for layer in attention_layers(model)
-        if layer["causal"] and layer["kernel"] in ("oprf", "saderf") and not layer["calibrated"]
+        if layer["causal"] and layer["kernel"] in DATA_DEPENDENT_KERNELS and not layer["calibrated"]
     ]
 
 

@@ -9,6 +9,7 @@ from .calibration import KernelCalibration
 from .causal import causal_chunked, causal_step
 from .checks import check_choice, check_key_padding_mask, check_positive_int, check_qkv, check_state
 from .features import (
+    DATA_DEPENDENT_KERNELS,
     KERNELS,
     PARAMETRIC_KERNELS,
     POSITIVE_KERNELS,
@@ -214,8 +215,7 @@ class FavorAttention(nn.Module):
         """
         if self.calibration is None:
             return None, None
-        empty = self.calibration.statistics.new_zeros(1, 1, 1, self.dim_head)
-        return self.calibration(empty, empty, from_call=False)
+        return self.calibration.frozen_parameters(self.calibration.statistics.dtype)
 
     def _scaled(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = compute_dtype(q.dtype)
@@ -267,7 +267,9 @@ class FavorAttention(nn.Module):
         return torch.zeros(self.state_shape(batch, heads, dim_value), device=device)
 
     def _check_state_is_consistent(self) -> None:
-        if self.kernel in ("oprf", "saderf") and not (self.causal or self.calibration.calibrated):
+        if self.kernel in DATA_DEPENDENT_KERNELS and not (
+            self.causal or self.calibration.calibrated
+        ):
             raise ValueError(
                 f"kernel {self.kernel!r} takes its parameters from each call's q and k until it is "
                 "calibrated, so a state carried between calls would mix feature maps; call "

@@ -177,11 +177,17 @@ class KernelCalibration(nn.Module):
         """
         if self.recording:
             self.update_(x, y, x_valid, y_valid)
+        if from_call and self.theta is None:
+            return family_parameters(self.kernel, call_statistics(x, y, x_valid, y_valid))
+        return self.frozen_parameters(x.dtype)
+
+    def frozen_parameters(
+        self, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(a (), psi (D,) or None)`` from the calibrated buffers (GERF: from ``theta``)."""
         if self.theta is not None:
             return (1 - torch.exp(self.theta)) / 8, None
-        if from_call:
-            return family_parameters(self.kernel, call_statistics(x, y, x_valid, y_valid))
-        a, psi = family_parameters(self.kernel, self.statistics.to(x.dtype))
+        a, psi = family_parameters(self.kernel, self.statistics.to(dtype))
         return a.reshape(()), (None if psi is None else psi.reshape(-1))
 
 

@@ -30,6 +30,8 @@ POSITIVE_KERNELS = ("posrf", "hyperbolic", "relu", "oprf", "gerf", "saderf")
 EXPONENTIAL_FAMILY = ("posrf", "oprf", "gerf", "saderf")
 # Kernels with parameters beyond the projection, held by a KernelCalibration module.
 PARAMETRIC_KERNELS = ("oprf", "gerf", "saderf")
+# Of those, the ones whose parameters are statistics of the data rather than trained.
+DATA_DEPENDENT_KERNELS = ("oprf", "saderf")
 
 # exp(x) overflows float32 above about 88.7; TrigRF's key scale exp(|x|^2 / 2) is clamped well
 # below that so a sum over tens of thousands of keys times the values stays finite.

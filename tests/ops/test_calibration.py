@@ -175,3 +175,14 @@ def test_oprf_and_saderf_beat_posrf_in_the_moderate_regime():
         )
     assert errors["oprf"] < 0.85 * errors["posrf"], errors
     assert errors["saderf"] < 0.7 * errors["posrf"], errors
+
+
+def test_reading_the_parameters_records_nothing():
+    attn = FavorAttention(16, 32, kernel="saderf")
+    q, k, _ = qkv(1, 2, 10, 16)
+    attn.calibrate_(q, k)
+    before = attn.calibration.statistics.clone(), attn.calibration.counts.clone()
+    with calibrating(attn):
+        attn.kernel_parameters()
+    torch.testing.assert_close(attn.calibration.statistics, before[0])
+    torch.testing.assert_close(attn.calibration.counts, before[1])
