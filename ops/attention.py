@@ -27,8 +27,9 @@ from .projections import (
     draw_projection,
 )
 
-# Lower bound on |denominator| for estimates that can be negative (TrigRF, or any kernel with
-# sparse-grid weights). Positive kernels only need to avoid 0 / 0 and use the dtype's smallest normal number instead.
+# Lower bound on |denominator| for TrigRF's signed estimate. Positive kernels only need to avoid
+# 0 / 0 and use the dtype's smallest normal number instead; so do sparse-grid weighted ones,
+# whose key features can be far below 1 (see FavorAttention.denominator_floor).
 SIGNED_DENOMINATOR_FLOOR = 1e-6
 
 
