@@ -17,6 +17,7 @@ from .features import (
     key_features,
     query_features,
 )
+from .fused import causal_linear_attention
 from .noncausal import noncausal
 from .projections import (
     LEARNABLE_PROJECTIONS,
@@ -112,6 +113,10 @@ class FavorAttention(nn.Module):
         self.orf_norm = check_choice("orf_norm", orf_norm, ORF_NORMS)
         self.causal = bool(causal)
         self.seed = int(seed)
+        # Export-time switch (favor.ops.fused.fused_causal_attention): trace the causal
+        # contraction as one op that ONNX Runtime runs fused. Not part of the configuration:
+        # outputs are the same either way.
+        self.fused = False
         self.learnable_projection = (
             LearnableFastfood(self.nb_features, self.dim_head, self.seed)
             if self.projection in LEARNABLE_PROJECTIONS
@@ -324,7 +329,8 @@ class FavorAttention(nn.Module):
         if state is not None:
             state = state.to(phi_k.dtype)
         if self.causal:
-            out, new_state = causal_chunked(phi_q, phi_k, values, state, chunk_size=self.chunk_size)
+            contraction = causal_linear_attention if self.fused else causal_chunked
+            out, new_state = contraction(phi_q, phi_k, values, state, chunk_size=self.chunk_size)
         else:
             out, new_state = noncausal(phi_q, phi_k, values, state)
         out = saturate_cast(divide(out, signed_floor=self.denominator_floor()), v.dtype)
