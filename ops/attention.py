@@ -7,7 +7,14 @@ from torch import nn
 
 from .calibration import KernelCalibration
 from .causal import causal_chunked, causal_step
-from .checks import check_choice, check_key_padding_mask, check_positive_int, check_qkv, check_state
+from .checks import (
+    check_choice,
+    check_key_padding_mask,
+    check_positive_int,
+    check_qkv,
+    check_state,
+    tracing,
+)
 from .features import (
     DATA_DEPENDENT_KERNELS,
     KERNELS,
@@ -312,9 +319,7 @@ class FavorAttention(nn.Module):
         ``state (B, H, M', Dv + 1)`` stands for keys and values seen in earlier calls. With
         ``return_state=True`` the result is ``(out, new_state)``.
         """
-        if not torch.jit.is_tracing():
-            # Shape checks would bake the example's sizes into a trace; the graph's own shape
-            # inference takes over there.
+        if not tracing():
             check_qkv(q, k, v, dim_head=self.dim_head, causal=self.causal)
             batch, heads, length = k.shape[:3]
             check_key_padding_mask(key_padding_mask, batch, length)
@@ -354,7 +359,7 @@ class FavorAttention(nn.Module):
                 "step() is the recurrent form of causal attention; build with causal=True"
             )
         batch, heads = k_t.shape[:2]
-        if not torch.jit.is_tracing():
+        if not tracing():
             check_qkv(q_t, k_t, v_t, dim_head=self.dim_head, causal=True, rank=3)
             check_state(state, self.state_shape(batch, heads, v_t.shape[-1]))
         phi_q, phi_k = self.feature_maps(q_t, k_t)

@@ -9,6 +9,18 @@ from __future__ import annotations
 import torch
 
 
+def tracing() -> bool:
+    """Whether forward is being recorded into a graph (torch.jit.trace or torch.export).
+
+    The shape checks stay out of recorded graphs; the graph's own shape inference takes over.
+    Under torch.jit.trace they would bake the example's sizes into the trace. Under torch.export
+    they tie the q, k and v lengths to one symbol, and ONNX Runtime then plans the causal graph's
+    memory worse: 1.70 against 1.32 GiB peak at n = 65536 (H = 8, D = 64, M = 128), at the same
+    speed.
+    """
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in t.shape)
 
