@@ -11,11 +11,14 @@ from torch import nn
 from favor.runtime.manifest import ManifestError, find_manifest, read_manifest
 
 from .checkpoint import LoadedModel, load_model
-from .errors import ExportError, ValidationError
+from .errors import ExportError, MissingKernelError, ValidationError
 from .files import prepare_output_dir, publish, staging_dir
 from .known_models import exportable
 from .manifest import build_manifest, dumps, spec_from_manifest, uncalibrated_causal_layers
 from .onnx_graph import EXPORTERS, build_onnx, check_opset, describe_outputs, save_onnx
+from .precision import budget, cast_model, cast_spec, float32_paths, parse_dtype
+from .quant_budget import ParityBudget
+from .quantize import QuantizedGraph, parse_quantize, quantize_int8
 from .specs import ModelSpec
 from .torchscript import build_torchscript
 from .validation import ValidationReport, validate
@@ -106,6 +109,9 @@ def export(
     allow_modules: Sequence[str] = (),
     trust_pickle: bool = False,
     external_data: bool | None = None,
+    dtype: str = "float32",
+    fused_attention: bool = False,
+    quantize: str | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``model`` (a module, or a path to a checkpoint/TorchScript/pickle) and validate it.
@@ -114,14 +120,35 @@ def export(
     ``output_dir`` (default: beside the input file). Files appear only when everything,
     validation included, succeeded. Raises :class:`ExportError` for bad input and
     :class:`ValidationError` when the exported files do not match PyTorch.
+
+    ``dtype`` (``float32``, ``float16``, ``bfloat16``, or ``fp32``/``fp16``/``bf16``) casts the
+    weights and float inputs; attention internals and state stay float32, and validation holds
+    the result to :data:`.precision.BUDGETS` against the float32 model (see :mod:`.precision`).
+
+    ``fused_attention`` writes causal attention as ONNX Runtime's fused ``LinearAttention`` op
+    instead of the portable chunked graph (dynamo exporter only; see
+    :mod:`.linear_attention`). PyTorch and TorchScript are unaffected.
+
+    ``quantize="int8"`` quantizes the ONNX graph's weight MatMuls (dynamic int8, attention
+    core in float; see :mod:`.quantize`) and holds it to the int8 parity budget
+    (:mod:`.quant_budget`); the float graph it came from is validated as usual but not
+    written, and the TorchScript archive stays float.
     """
     say = progress or _silent
+    quantize = parse_quantize(quantize)
+    dtype = parse_dtype(dtype)
     chosen_formats = _parse_formats(formats)
     say("load", str(model) if not isinstance(model, nn.Module) else type(model).__name__)
     loaded, source_path = _load(model, allow_modules, trust_pickle)
     chosen_exporter = _choose_exporter(loaded, exporter)
     if "onnx" in chosen_formats:
         check_opset(opset, chosen_exporter)
+    elif fused_attention:
+        raise ExportError("--fused-attention changes the ONNX graph, and --format has no onnx")
+    elif quantize:
+        raise ExportError("--quantize int8 quantizes the ONNX graph, and --format has no onnx")
+    if quantize and parse_dtype(dtype) != "float32":
+        raise ExportError(f"--quantize int8 needs float32 weights, got --dtype {dtype}")
     if output_dir is None:
         if source_path is None:
             raise ExportError("output_dir is required when exporting a module object")
@@ -129,7 +156,14 @@ def export(
     name = name or (source_path.stem if source_path else type(loaded.module).__name__.lower())
     if not name or "/" in name or name.startswith("."):
         raise ExportError(f"name {name!r} cannot be used as a file name")
-    module, spec = exportable(loaded.module, list(inputs))
+    reference, spec = exportable(loaded.module, list(inputs))
+    module, spec = cast_model(reference, dtype), cast_spec(spec, dtype)
+    if dtype != "float32":
+        kept = len(float32_paths(module))
+        say("precision", f"{dtype} weights; {kept} attention/rotary modules stay float32")
+    default_atol, default_rtol = budget(dtype)  # None for float32: validation's per-dtype defaults
+    atol = default_atol if atol is None else atol
+    rtol = default_rtol if rtol is None else rtol
     say(
         "model",
         f"{loaded.source} {loaded.class_path or type(loaded.module).__name__}: {spec.kind}, "
@@ -144,13 +178,25 @@ def export(
         say("warning", note)
     out = prepare_output_dir(Path(output_dir))
     dims, dtypes = describe_outputs(module, spec)
+    quantized: QuantizedGraph | None = None
+    float_onnx: Path | None = None  # an int8 export's float graph: validated, never published
     with staging_dir(out) as stage:
         files: dict[str, Path] = {}
         if "onnx" in chosen_formats:
             say("export", f"ONNX opset {opset} with torch's {chosen_exporter} exporter")
-            graph = build_onnx(module, spec, dims, opset=opset, exporter=chosen_exporter)
+            graph = build_onnx(
+                module, spec, dims, opset=opset, exporter=chosen_exporter,
+                fused_attention=fused_attention,
+            )  # fmt: skip
             say("check", "onnx.checker (full check) and shape inference")
-            written = save_onnx(graph, stage / f"{name}.onnx", external_data=external_data)
+            onnx_name = f"{name}.float32.onnx" if quantize else f"{name}.onnx"
+            written = save_onnx(graph, stage / onnx_name, external_data=external_data)
+            if quantize:
+                float_onnx, quantized = stage / written[0], quantize_int8(graph, module)
+                say("quantize", quantized.summary())
+                written = save_onnx(
+                    quantized.model, stage / f"{name}.onnx", external_data=external_data
+                )
             files["onnx"] = stage / written[0]
             if len(written) > 1:
                 files["onnx_data"] = stage / written[1]
@@ -160,10 +206,9 @@ def export(
             files["torchscript"] = stage / f"{name}.torchscript.pt"
         report = None
         if validate_outputs:
-            report = validate(
-                module, spec,
-                onnx_path=files.get("onnx"), torchscript_path=files.get("torchscript"),
-                atol=atol, rtol=rtol, progress=lambda message: say("validate", message),
+            report = _validate(
+                reference, spec, files, atol, rtol, dtype, say,
+                quantization=quantized.to_json() if quantized else None, float_onnx=float_onnx,
             )  # fmt: skip
         manifest = _manifest(
             name,
@@ -175,6 +220,9 @@ def export(
             chosen_exporter,
             files,
             report,
+            dtype,
+            fused_attention,
+            quantized.to_json() if quantized else None,
         )
         manifest_name = f"{name}.manifest.json"
         (stage / manifest_name).write_bytes(dumps(manifest))
@@ -194,14 +242,52 @@ def export(
     )
 
 
+def _validate(
+    reference: nn.Module, spec: ModelSpec, files, atol, rtol, dtype: str, say: Progress,
+    *, quantization: dict | None = None, float_onnx: Path | None = None,
+) -> ValidationReport:  # fmt: skip
+    """Validate the written files against ``reference``, the float32 model for half exports.
+
+    With ``quantization`` (the manifest's entry) ``files["onnx"]`` is an int8 graph, held to
+    the entry's parity budget; ``float_onnx``, the graph it was quantized from (only at export
+    time), gets the usual elementwise checks.
+    """
+    onnx_path, quantized_path = files.get("onnx"), None
+    if quantization is not None:
+        onnx_path, quantized_path = float_onnx, onnx_path
+    try:
+        report = validate(
+            reference, spec,
+            onnx_path=onnx_path, torchscript_path=files.get("torchscript"),
+            atol=atol, rtol=rtol, progress=lambda message: say("validate", message),
+            upcast_inputs=dtype != "float32", quantized_onnx_path=quantized_path,
+            budget=ParityBudget(**quantization["budget"]) if quantization else None,
+        )  # fmt: skip
+    except MissingKernelError as error:
+        if dtype != "bfloat16":
+            raise
+        raise ExportError(
+            f"--dtype bfloat16: {error}; bfloat16 ONNX graphs are for CUDA: export with "
+            "--format torchscript, or --no-validate to write the ONNX graph unvalidated"
+        ) from None
+    if dtype != "float32":
+        report.reference = (
+            f"{dtype} export against the float32 PyTorch model: "
+            f"|got - want| <= {atol:g} + {rtol:g} |want|"
+        )
+    return report
+
+
 def _manifest(
-    name, spec: ModelSpec, dims, dtypes, loaded: LoadedModel, opset, exporter, files, report
-) -> dict:
+    name, spec: ModelSpec, dims, dtypes, loaded: LoadedModel, opset, exporter, files, report,
+    dtype, fused_attention, quantization,
+) -> dict:  # fmt: skip
     return build_manifest(
         name=name, spec=spec, output_dims=dims, output_dtypes=dtypes, model=loaded.module,
         source={"format": loaded.source, "class": loaded.class_path, "config": loaded.config},
         opset=opset, exporter=exporter if "onnx" in files else None, files=files,
-        validation=None if report is None else report.to_json(),
+        validation=None if report is None else report.to_json(), dtype=dtype,
+        fused_attention=fused_attention, quantization=quantization,
     )  # fmt: skip
 
 
@@ -230,23 +316,31 @@ def validate_export(
         raise ExportError(str(error)) from None
     loaded, _ = _load(model, allow_modules, trust_pickle)
     spec = spec_from_manifest(manifest)
-    declared = [_declaration(i) for i in manifest["inputs"]] if manifest["kind"] == "module" else []
+    dtype = manifest.get("dtype", "float32")  # manifests from before --dtype are float32
+    declared = (
+        [_declaration(i, dtype) for i in manifest["inputs"]] if manifest["kind"] == "module" else []
+    )
     module, _ = exportable(loaded.module, declared)
     stored = manifest.get("validation") or {}
     files = {
         role: manifest_path.parent / entry["path"] for role, entry in manifest["files"].items()
     }
-    return validate(
-        module, spec,
-        onnx_path=files.get("onnx"), torchscript_path=files.get("torchscript"),
-        atol=stored.get("atol") if atol is None else atol,
-        rtol=stored.get("rtol") if rtol is None else rtol,
-        progress=lambda message: say("validate", message),
-    )  # fmt: skip
+    default_atol, default_rtol = budget(dtype)
+    atol = _first_given(atol, stored.get("atol"), default_atol)
+    rtol = _first_given(rtol, stored.get("rtol"), default_rtol)
+    return _validate(
+        module, spec, files, atol, rtol, dtype, say, quantization=manifest.get("quantization")
+    )
 
 
-def _declaration(entry: dict) -> str:
-    text = f"{entry['name']}:{','.join(map(str, entry['shape']))}:{entry['dtype']}"
+def _first_given(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _declaration(entry: dict, dtype: str) -> str:
+    # A half export's float inputs were declared float32 and cast: the model takes float32.
+    declared = "float32" if entry["dtype"] == dtype != "float32" else entry["dtype"]
+    text = f"{entry['name']}:{','.join(map(str, entry['shape']))}:{declared}"
     return text + (f":{entry['range'][0]}..{entry['range'][1]}" if "range" in entry else "")
 
 

@@ -18,6 +18,8 @@ import click
 
 from .errors import ExportError, ValidationError
 from .files import atomic_write_bytes
+from .precision import ALIASES, BUDGETS
+from .quant_budget import INT8_BUDGET
 
 INTERNAL_ERROR = 3
 
@@ -96,6 +98,26 @@ def _common_options(func: Callable) -> Callable:
     return func
 
 
+DTYPE_HELP = (
+    "Precision of the weights and float inputs. fp16/bf16 keep attention internals in float32 "
+    "(feature maps, sums, the causal CumSum, the LM state inputs/outputs) and are validated "
+    "against the float32 model within atol = rtol = 50 epsilons of the dtype, "
+    f"{BUDGETS['float16'][0]:.2g} (fp16) or {BUDGETS['bfloat16'][0]:.2g} (bf16), unless "
+    "--atol/--rtol say otherwise. ONNX Runtime's CPU provider has no bf16 kernels: bf16 ONNX graphs are for "
+    "CUDA; on CPU validate bf16 with --format torchscript."
+)
+QUANTIZE_HELP = (
+    "int8: dynamic int8 quantization of the ONNX graph's weight MatMuls, every nn.Linear "
+    "(q/k/v/out projections, feed-forward, LM head, classifier): int8 weights with a scale per "
+    "output column, activations quantized to uint8 per call from their own range, no "
+    "calibration data. The attention core stays float: the random-feature projection and "
+    "feature maps, and every activation x activation product. The TorchScript archive stays "
+    "float. int8 cannot meet float32's 1e-4, so the int8 graph is held to a parity budget "
+    f"instead, per output and case: relative RMS error <= {INT8_BUDGET.rel_rms:g}, and for "
+    f"logits mean KL <= {INT8_BUDGET.kl:g} nats and top-1 agreement >= {INT8_BUDGET.top1:.0%} "
+    f"where PyTorch's top logit leads by > {INT8_BUDGET.top1_margin:g}; the float graph it "
+    "came from is validated at the usual tolerances but not written. Needs --dtype fp32."
+)
 EXPORT_HELP = """Export MODEL to ONNX, TorchScript and a manifest, validated against PyTorch.
 
 MODEL is a favor checkpoint (favor.exporter.save_checkpoint), a TorchScript archive, or, with
@@ -113,6 +135,10 @@ Examples:
       or a symbol with the example size to trace at
   favor-export model.pt --input tokens:batch,seq:int64:0..32000 --allow-module mylab
       integer inputs may give the value range validation draws from
+  favor-export lm.pt --dtype fp16
+      half-precision weights; attention internals and the LM state stay float32
+  favor-export lm.pt --quantize int8
+      int8 weight MatMuls in the ONNX graph (about 3x smaller); attention stays float
 
 \b
 Causal LMs export one stateful graph: inputs tokens + state.*, outputs logits + new_state.*;
@@ -170,11 +196,33 @@ Exit codes: 0 exported and validated, 1 validation failed, 2 bad input, 3 intern
     help="Compare with PyTorch over several batch sizes and lengths; fail on any miss.",
 )
 @click.option(
+    "--fused-attention",
+    is_flag=True,
+    help="Write causal attention as ONNX Runtime's fused LinearAttention op (com.microsoft; "
+    "ONNX's own op at opset 27+) instead of the portable chunked graph. Needs onnxruntime to run "
+    "the graph and the dynamo exporter; validated the same way. Measure before choosing it: see "
+    "README, Benchmarks.",
+)
+@click.option(
     "--external-data",
     type=click.Choice(["auto", "always", "never"]),
     default="auto",
     show_default=True,
     help="Store weights beside the graph (auto: above 1 GiB).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(list(ALIASES)),
+    default="fp32",
+    show_default=True,
+    help=DTYPE_HELP,
+)
+@click.option(
+    "--quantize",
+    default="none",
+    show_default=True,
+    metavar="[none|int8]",
+    help=QUANTIZE_HELP,
 )
 @_common_options
 def export_command(
@@ -186,7 +234,10 @@ def export_command(
     exporter,
     inputs,
     validate,
+    fused_attention,
     external_data,
+    dtype,
+    quantize,
     atol,
     rtol,
     allow_modules,
@@ -205,6 +256,9 @@ def export_command(
             validate_outputs=validate, atol=atol, rtol=rtol, allow_modules=allow_modules,
             trust_pickle=trust_pickle,
             external_data={"auto": None, "always": True, "never": False}[external_data],
+            dtype=dtype,
+            fused_attention=fused_attention,
+            quantize=quantize,
             progress=report,
         )  # fmt: skip
         if result.report is not None and not quiet and not as_json:

@@ -17,3 +17,7 @@ class ValidationError(ExportError):
     def __init__(self, message: str, report: object | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class MissingKernelError(ExportError):
+    """ONNX Runtime has no kernel for one of the graph's ops on a provider: it cannot run it."""

@@ -77,8 +77,18 @@ def build_manifest(
     exporter: str | None,
     files: dict[str, Path],
     validation: dict | None,
+    dtype: str = "float32",
+    fused_attention: bool = False,
+    quantization: dict | None = None,
 ) -> dict:
-    """The manifest as a JSON-ready dict; ``files`` maps role (``onnx``...) to written paths."""
+    """The manifest as a JSON-ready dict; ``files`` maps role (``onnx``...) to written paths.
+
+    ``dtype`` is the precision of the weights (:mod:`.precision`); input, output and state
+    entries carry their own dtypes. ``fused_attention`` says the ONNX graph runs causal
+    attention as ONNX Runtime's ``LinearAttention`` op (:mod:`.linear_attention`).
+    ``quantization`` is :meth:`.quantize.QuantizedGraph.to_json` for an int8 ONNX graph (the
+    TorchScript archive stays float), None otherwise.
+    """
     inputs = {t.name: t for t in spec.inputs}
     return {
         "format": FORMAT,
@@ -88,6 +98,9 @@ def build_manifest(
         "versions": library_versions(),
         "opset": opset,
         "exporter": exporter,
+        "fused_attention": fused_attention,
+        "dtype": dtype,
+        "quantization": quantization,
         "source": source,
         "inputs": [t.to_json() | {"sampler": t.sampler} for t in spec.inputs],
         "outputs": [

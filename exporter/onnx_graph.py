@@ -24,6 +24,9 @@ import torch.utils._python_dispatch
 from onnx import helper, version_converter
 from torch import nn
 
+from favor.ops.fused import causal_layers, fused_causal_attention
+
+from . import linear_attention
 from .errors import ExportError
 from .specs import ModelSpec
 
@@ -192,7 +195,13 @@ def _export_error(module: nn.Module, example: tuple, error: Exception) -> Export
 
 
 def _torch_export(
-    module: nn.Module, spec: ModelSpec, example: tuple, opset: int, exporter: str, output_dims
+    module: nn.Module,
+    spec: ModelSpec,
+    example: tuple,
+    opset: int,
+    exporter: str,
+    output_dims,
+    translations: dict | None = None,
 ) -> onnx.ModelProto:
     names = [t.name for t in spec.inputs]
     with quiet_torch_exporters():
@@ -201,7 +210,7 @@ def _torch_export(
                 module, example, dynamo=True, input_names=names,
                 opset_version=min(opset, NATIVE_MAX_OPSET[exporter]),
                 output_names=list(spec.output_names), dynamic_shapes=_dynamic_shapes(module, spec),
-                optimize=True, verbose=False,
+                optimize=True, verbose=False, custom_translation_table=translations,
             )  # fmt: skip
             return _convert(program.model_proto, opset)
         dynamic_axes = {
@@ -290,6 +299,19 @@ def _forbidden(model: onnx.ModelProto) -> list[str]:
     )
 
 
+def _check_fusable(module: nn.Module, exporter: str) -> None:
+    if exporter != "dynamo":
+        raise ExportError(
+            "--fused-attention needs the dynamo exporter; the torchscript exporter cannot "
+            "translate the fused op"
+        )
+    if not causal_layers(module):
+        raise ExportError(
+            "--fused-attention fuses causal attention, and the model has no causal "
+            "FavorAttention layer"
+        )
+
+
 def build_onnx(
     module: nn.Module,
     spec: ModelSpec,
@@ -297,17 +319,28 @@ def build_onnx(
     *,
     opset: int,
     exporter: str,
+    fused_attention: bool = False,
 ) -> onnx.ModelProto:
     """Export ``module`` to an ONNX model at exactly ``opset``, with dims named from ``spec``.
 
-    ``dims`` are the output dims from :func:`describe_outputs`.
+    ``dims`` are the output dims from :func:`describe_outputs`. ``fused_attention`` writes each
+    causal FavorAttention's contraction as one ``LinearAttention`` node (see
+    :mod:`favor.exporter.linear_attention`) instead of the portable chunked graph.
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     check_opset(opset, exporter)
+    if fused_attention:
+        _check_fusable(module, exporter)
     example = spec.example()
+    switch = fused_causal_attention(module) if fused_attention else contextlib.nullcontext()
     try:
-        model = _torch_export(module, spec, example, opset, exporter, dims)
+        with switch:
+            model = _torch_export(
+                module, spec, example, opset, exporter, dims,
+                translations=linear_attention.translation_table() if fused_attention else None,
+            )  # fmt: skip
+        model = linear_attention.finish(model, opset)
     except ExportError:
         raise
     except Exception as error:  # torch's exporters raise many types; all mean "cannot export"

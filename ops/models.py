@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention import compute_dtype
 from .checks import check_positive_int
 from .multihead import MultiheadFavorAttention
 
@@ -227,10 +228,13 @@ class PerformerEncoder(_Transformer):
         x = self.norm(x)
         if self.classifier is None:
             return x
+        # The mean is summed in float32 for half x: a float16 sum over a long sequence overflows.
+        dtype = compute_dtype(x.dtype)
         keep = (
-            torch.ones_like(tokens, dtype=x.dtype)
+            torch.ones_like(tokens, dtype=dtype)
             if key_padding_mask is None
-            else (~key_padding_mask).to(x.dtype)
+            else (~key_padding_mask).to(dtype)
         )
-        pooled = (x * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1.0)
-        return self.classifier(pooled)
+        total = (x.to(dtype) * keep.unsqueeze(-1)).sum(1)
+        pooled = total / keep.sum(1, keepdim=True).clamp(min=1.0)
+        return self.classifier(pooled.to(x.dtype))
