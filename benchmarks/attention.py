@@ -14,10 +14,18 @@ Methods, all fp32 on CPU under ``torch.inference_mode()`` with torch's default t
   (opset 17, dynamic batch and length) and run in an ONNX Runtime CPU session with
   ``favor.runtime``'s session options (full graph optimization, no memory pattern). This is the
   path deployed models take.
+* ``favor causal, ORT fused``: the causal module exported as ``favor-export --fused-attention``
+  writes it, the contraction as one ``com.microsoft.LinearAttention`` node (same session options).
 * ``sdpa`` / ``sdpa causal``: ``F.scaled_dot_product_attention(q, k, v, is_causal=...)``.
 * ``cumsum causal``: the textbook causal form, a per-token prefix sum of ``phi(k) v^T`` with shape
   ``(B, H, N, M, Dv)``, on the module's own ``feature_maps``. It is O(N M Dv) in memory, which is
   what chunking avoids, so it is skipped where that tensor would exceed ``--cumsum-limit-gib``.
+* GPU rows, included by default only where they can run: ``sdpa causal, CUDA``, ``favor causal,
+  CUDA`` (eager), ``favor causal, TorchScript CUDA`` (``torch.jit.trace`` of the module at each
+  length) and ``favor causal, ORT CUDA`` (the exported causal graph on ONNX Runtime's CUDA
+  provider, inputs and output bound on the device). Each timed call ends with a device
+  synchronization; peak memory is torch's allocator high-water mark (not visible for ORT's own
+  allocator, so blank there). Their speedup is against ``sdpa causal, CUDA``.
 
 Every case runs in a fresh subprocess (this module with a hidden ``--case`` flag), so one case's
 allocations cannot inflate the next one's peak. Timing: one warm-up call, then repeated calls until
@@ -70,15 +78,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, machine_info
+from favor.exporter.linear_attention import translation_table
 from favor.exporter.onnx_graph import quiet_torch_exporters
 from favor.ops import FavorAttention
+from favor.ops.fused import fused_causal_attention
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -93,30 +104,60 @@ METHODS = (
     "favor_causal",
     "favor_ort",
     "favor_causal_ort",
+    "favor_causal_fused_ort",
     "sdpa",
     "sdpa_causal",
     "cumsum_causal",
+    "sdpa_causal_cuda",
+    "favor_causal_cuda",
+    "favor_causal_jit_cuda",
+    "favor_causal_ort_cuda",
+    "favor_causal_fused_ort_cuda",
 )
+# CUDA methods and the CPU method whose computation (and FLOP count) each repeats.
+GPU_METHODS = {
+    "sdpa_causal_cuda": "sdpa_causal",
+    "favor_causal_cuda": "favor_causal",
+    "favor_causal_jit_cuda": "favor_causal",
+    "favor_causal_ort_cuda": "favor_causal",
+    "favor_causal_fused_ort_cuda": "favor_causal",
+}
 LABELS = {
     "favor": "favor",
     "favor_causal": "favor causal",
     "favor_ort": "favor, ORT",
     "favor_causal_ort": "favor causal, ORT",
+    "favor_causal_fused_ort": "favor causal, ORT fused",
     "sdpa": "sdpa",
     "sdpa_causal": "sdpa causal",
     "cumsum_causal": "cumsum causal (textbook)",
+    "sdpa_causal_cuda": "sdpa causal, CUDA",
+    "favor_causal_cuda": "favor causal, CUDA",
+    "favor_causal_jit_cuda": "favor causal, TorchScript CUDA",
+    "favor_causal_ort_cuda": "favor causal, ORT CUDA",
+    "favor_causal_fused_ort_cuda": "favor causal, ORT CUDA fused",
 }
 CAUSAL = {
     "favor": False,
     "favor_causal": True,
     "favor_ort": False,
     "favor_causal_ort": True,
+    "favor_causal_fused_ort": True,
     "sdpa": False,
     "sdpa_causal": True,
     "cumsum_causal": True,
+    **dict.fromkeys(GPU_METHODS, True),
 }
 # Methods that run the exported graph in ONNX Runtime, and the eager method they export.
-ORT_METHODS = {"favor_ort": "favor", "favor_causal_ort": "favor_causal"}
+ORT_METHODS = {
+    "favor_ort": "favor",
+    "favor_causal_ort": "favor_causal",
+    "favor_causal_ort_cuda": "favor_causal",
+    "favor_causal_fused_ort": "favor_causal",
+    "favor_causal_fused_ort_cuda": "favor_causal",
+}
+# ORT methods whose graph has the fused LinearAttention node (favor-export --fused-attention).
+FUSED_METHODS = ("favor_causal_fused_ort", "favor_causal_fused_ort_cuda")
 GRAPH_OPSET = 17
 # Disturbed cases whose measured calls took longer than this are not retried.
 RETRY_MAX_CASE_S = 10.0
@@ -162,8 +203,30 @@ def flops(method: str, n: int, cfg: Config) -> float:
         "cumsum_causal": features + linear,
         "sdpa": 4 * n * n * d,
         "sdpa_causal": 2 * n * n * d,
-    }[ORT_METHODS.get(method, method)]
+    }[base_method(method)]
     return float(per_head * cfg.batch * cfg.heads)
+
+
+def base_method(method: str) -> str:
+    """The eager CPU method a method computes the same thing as (itself for eager CPU ones)."""
+    return GPU_METHODS.get(method) or ORT_METHODS.get(method) or method
+
+
+def available_methods() -> tuple[str, ...]:
+    """Every method that can run here: the GPU ones only with a CUDA device (and provider)."""
+    return tuple(
+        method
+        for method in METHODS
+        if method not in GPU_METHODS
+        or (torch.cuda.is_available() and (method not in ORT_METHODS or ort_cuda_available()))
+    )
+
+
+def ort_cuda_available() -> bool:
+    """Whether the installed onnxruntime has the CUDA execution provider."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def cumsum_state_bytes(n: int, cfg: Config) -> int:
@@ -176,13 +239,13 @@ def naive_sdpa_bytes(n: int, cfg: Config) -> int:
     return cfg.batch * cfg.heads * n * n * FP32_BYTES
 
 
-def sdpa_backend(cfg: Config, causal: bool) -> int:
+def sdpa_backend(cfg: Config, causal: bool, device: str = "cpu") -> int:
     """Backend torch would pick for these shapes (an ``SDPBackend`` value); math if unknown.
 
     The choice depends on dtype, device and head size, not on the length, so small inputs stand
     in for the real ones. ``_fused_sdp_choice`` is private; if it disappears, assume the worst.
     """
-    probe = torch.zeros(cfg.batch, cfg.heads, 8, cfg.dim_head)
+    probe = torch.zeros(cfg.batch, cfg.heads, 8, cfg.dim_head, device=device)
     try:
         return int(torch._fused_sdp_choice(probe, probe, probe, is_causal=causal))
     except (AttributeError, RuntimeError):
@@ -190,14 +253,24 @@ def sdpa_backend(cfg: Config, causal: bool) -> int:
 
 
 def skip_reason(method: str, n: int, cfg: Config, args: argparse.Namespace) -> str | None:
-    """Why a case is not run, or None: only cases that would obviously exhaust memory."""
+    """Why a case is not run, or None: cases that would obviously exhaust memory, CPU SDPA above
+    ``--sdpa-max-length`` (its O(n²) time dominates a sweep), and GPU cases without a GPU.
+    """
+    if method in GPU_METHODS and not torch.cuda.is_available():
+        return "skipped (no CUDA device)"
+    if method in GPU_METHODS and method in ORT_METHODS and not ort_cuda_available():
+        return "skipped (onnxruntime has no CUDAExecutionProvider)"
+    limit = args.sdpa_max_length
+    if method.startswith("sdpa") and method not in GPU_METHODS and limit and n > limit:
+        return f"skipped (time: O(n²) SDPA above --sdpa-max-length {limit})"
     if method == "cumsum_causal":
         size = cumsum_state_bytes(n, cfg)
         if size > args.cumsum_limit_gib * GIB:
             return f"skipped (memory: (B,H,N,M,Dv) prefix sums are {size / GIB:.0f} GiB)"
     if method.startswith("sdpa"):
         size = naive_sdpa_bytes(n, cfg)
-        naive = sdpa_backend(cfg, CAUSAL[method]) == SDPA_MATH_BACKEND
+        device = "cuda" if method in GPU_METHODS else "cpu"
+        naive = sdpa_backend(cfg, CAUSAL[method], device) == SDPA_MATH_BACKEND
         if naive and size > args.sdpa_limit_gib * GIB:
             return f"skipped (memory: math SDPA would build {size / GIB:.0f} GiB of scores)"
     return None
@@ -230,29 +303,57 @@ def favor_module(method: str, cfg: Config) -> FavorAttention:
 
 
 def export_graph(method: str, cfg: Config, path: Path) -> Path:
-    """Export an ORT method's module with a dynamic batch and length (dynamo, opset 17)."""
+    """Export an ORT method's module with a dynamic batch and length (dynamo, opset 17).
+
+    Fused methods get favor-export's ``--fused-attention`` graph: the contraction as one
+    ``com.microsoft.LinearAttention`` node.
+    """
     n = 2 * cfg.chunk_size + 3
     example = tuple(torch.randn(cfg.batch, cfg.heads, n, cfg.dim_head) for _ in range(3))
     dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
+    module = favor_module(ORT_METHODS[method], cfg)
+    fused = method in FUSED_METHODS
     path.parent.mkdir(parents=True, exist_ok=True)
-    with quiet_torch_exporters():
+    with quiet_torch_exporters(), fused_causal_attention(module) if fused else nullcontext():
         torch.onnx.export(
-            favor_module(ORT_METHODS[method], cfg), example, str(path), dynamo=True,
+            module, example, str(path), dynamo=True,
             opset_version=GRAPH_OPSET, input_names=["q", "k", "v"], output_names=["out"],
             dynamic_shapes=(dims, dims, dims), verbose=False, report=False,
+            custom_translation_table=translation_table() if fused else None,
         )  # fmt: skip
     return path
 
 
-def ort_call(graph: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], object]:
-    """A CPU session on ``graph`` with favor.runtime's session options, fed numpy inputs."""
+def ort_call(
+    graph: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, device: str = "cpu"
+) -> Callable[[], object]:
+    """A session on ``graph`` with favor.runtime's session options, on the CPU or CUDA provider.
+
+    On CUDA, inputs and output are bound on the device, so a timed call is the graph itself
+    rather than host-device copies.
+    """
     import onnxruntime as ort
 
     from favor.runtime.session import session_options
 
-    session = ort.InferenceSession(graph, session_options(), providers=["CPUExecutionProvider"])
+    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    session = ort.InferenceSession(graph, session_options(), providers=[provider])
+    if session.get_providers()[0] != provider:
+        # ORT falls back to the CPU silently when the CUDA provider fails to load.
+        raise RuntimeError(f"onnxruntime could not use {provider}")
     feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
-    return lambda: session.run(None, feeds)
+    if device == "cpu":
+        return lambda: session.run(None, feeds)
+    binding = session.io_binding()
+    for name, array in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+    binding.bind_output("out", "cuda")
+    return lambda: session.run_with_iobinding(binding)
+
+
+def method_device(method: str) -> str:
+    """``"cuda"`` for the GPU methods, ``"cpu"`` for the others."""
+    return "cuda" if method in GPU_METHODS else "cpu"
 
 
 def build_call(method: str, n: int, cfg: Config, graph: str | None = None) -> Callable[[], object]:
@@ -260,14 +361,21 @@ def build_call(method: str, n: int, cfg: Config, graph: str | None = None) -> Ca
     generator = torch.Generator().manual_seed(0)
     shape = (cfg.batch, cfg.heads, n, cfg.dim_head)
     q, k, v = (torch.randn(shape, generator=generator) for _ in range(3))
+    device = method_device(method)
     if graph is not None:
-        return ort_call(graph, q, k, v)
+        return ort_call(graph, q, k, v, device)
+    q, k, v = q.to(device), k.to(device), v.to(device)
     if method.startswith("sdpa"):
         causal = CAUSAL[method]
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    module = favor_module(method, cfg)
+    module = favor_module(method, cfg).to(device)
     if method == "cumsum_causal":
         return lambda: cumsum_causal(module, q, k, v)
+    if method == "favor_causal_jit_cuda":
+        # Traced at this case's length: what a TorchScript deployment of the module runs.
+        with torch.no_grad(), quiet_torch_exporters():
+            traced = torch.jit.trace(module, (q, k, v), check_trace=False)
+        return lambda: traced(q, k, v)
     return lambda: module(q, k, v)
 
 
@@ -350,7 +458,19 @@ class LoadMeter:
 def run_attention_case(spec: dict) -> dict:
     """Time one ``(method, n)`` case and measure its working memory; JSON-ready result."""
     cfg = Config(**spec["config"])
-    call = build_call(spec["method"], spec["n"], cfg, spec.get("graph"))
+    method = spec["method"]
+    call = build_call(method, spec["n"], cfg, spec.get("graph"))
+    cuda = method_device(method) == "cuda"
+    if cuda:
+        kernel = call
+
+        def call() -> None:
+            # Kernels launch asynchronously; a call is timed until the device has finished it.
+            kernel()
+            torch.cuda.synchronize()
+
+        torch.cuda.reset_peak_memory_stats()
+        baseline_bytes = torch.cuda.memory_allocated()
     gc.collect()
     hwm_reset = reset_peak_rss()
     baseline = current_rss_kib()
@@ -358,11 +478,15 @@ def run_attention_case(spec: dict) -> dict:
     with torch.inference_mode():
         times = time_call(call, Timing(**spec["timing"]))
     other = meter.other_cores()
-    peak = peak_rss_kib()
+    peak_mib: float | None = max(peak_rss_kib() - baseline, 0) / 1024
+    if cuda:
+        # torch's allocator cannot see ORT's own CUDA allocations: no figure rather than 0.
+        used = torch.cuda.max_memory_allocated() - baseline_bytes
+        peak_mib = None if method in ORT_METHODS else max(used, 0) / 2**20
     return {
         "median_ms": 1e3 * statistics.median(times),
         "runs": len(times),
-        "peak_mib": max(peak - baseline, 0) / 1024,
+        "peak_mib": peak_mib,
         "hwm_reset": hwm_reset,
         "threads": torch.get_num_threads(),
         "other_load": other,
@@ -471,7 +595,12 @@ def describe(result: dict) -> str:
     if "error" in result:
         return result["error"]
     timing = f"{result['median_ms']:.1f} ms (median of {result['runs']})"
-    return f"{timing}, {result['peak_mib']:.1f} MiB, other load {result['other_load']:.2f}"
+    return f"{timing}, {format_mib(result)} MiB, other load {result['other_load']:.2f}"
+
+
+def format_mib(result: dict) -> str:
+    """A case's peak memory for a table cell; ``n/a`` where it could not be measured."""
+    return "n/a" if result["peak_mib"] is None else f"{result['peak_mib']:.1f}"
 
 
 def measure_matmul(args: argparse.Namespace, timing: Timing, label: str) -> dict:
@@ -567,10 +696,24 @@ def speedup(result: dict, by_key: dict[tuple[int, str], dict]) -> str:
     method = result["method"]
     if method.startswith("sdpa") or "median_ms" not in result:
         return ""
-    baseline = by_key.get((result["n"], "sdpa_causal" if CAUSAL[method] else "sdpa"), {})
+    # GPU rows race SDPA on the same device; CPU SDPA would flatter them.
+    device = "_cuda" if method in GPU_METHODS else ""
+    name = ("sdpa_causal" if CAUSAL[method] else "sdpa") + device
+    baseline = by_key.get((result["n"], name), {})
     if "median_ms" not in baseline:
         return ""
     return f"{baseline['median_ms'] / result['median_ms']:.2f}x"
+
+
+def efficiency(result: dict, matmul: dict) -> tuple[float, float | None]:
+    """Achieved GFLOP/s of a measured case, and its percentage of the CPU matmul reference.
+
+    The percentage is None for GPU cases: a CPU SGEMM rate is no yardstick for them.
+    """
+    gflops = result["flops"] / (result["median_ms"] / 1e3) / 1e9
+    if result["method"] in GPU_METHODS:
+        return gflops, None
+    return gflops, 100 * gflops / matmul["gflops"]
 
 
 def render_table(matmul: dict, results: list[dict], max_other_load: float) -> str:
@@ -587,13 +730,13 @@ def render_table(matmul: dict, results: list[dict], max_other_load: float) -> st
             status = r.get("skipped") or r.get("error")
             lines.append(f"| {r['n']} | {label} | {status} | | | | | | |")
             continue
-        gflops = r["flops"] / (r["median_ms"] / 1e3) / 1e9
+        gflops, percent = efficiency(r, matmul)
         memory_mark = "" if r["hwm_reset"] else "*"
         load_mark = " †" if r["other_load"] > max_other_load else ""
         lines.append(
             f"| {r['n']} | {label} | {r['median_ms']:.1f}{load_mark} | {r['runs']} | "
-            f"{r['peak_mib']:.1f}{memory_mark} | {gflops:.1f} | "
-            f"{100 * gflops / matmul['gflops']:.1f} | {speedup(r, by_key)} | "
+            f"{format_mib(r)}{memory_mark} | {gflops:.1f} | "
+            f"{'' if percent is None else f'{percent:.1f}'} | {speedup(r, by_key)} | "
             f"{r['other_load']:.2f} |"
         )
     lines.append("")
@@ -631,7 +774,9 @@ def render_header(args: argparse.Namespace, cfg: Config, matmul: dict, elapsed_s
             "- FLOPs (matrix products only, formulas in `benchmarks/attention.py`): "
             "favor 4nMD + 4nM(Dv+1); favor causal adds 2nCM + 2nC(Dv+1); cumsum as favor; "
             "sdpa 4n²D, sdpa causal 2n²D; all times B·H",
-            "- speedup vs SDPA: SDPA time with the same causality / this method's time",
+            "- speedup vs SDPA: SDPA time with the same causality (and device) / this "
+            "method's time",
+            f"- CUDA: {machine_info()['cuda_device'] or 'no CUDA device (GPU rows not run)'}",
             f"- sweep wall time: {elapsed_s / 60:.1f} min",
         ]
     )
@@ -655,14 +800,19 @@ def plot(results: list[dict], path: Path, max_other_load: float) -> None:
         if not done:
             continue
         label = LABELS[method]
-        (line,) = latency.plot([r["n"] for r in done], [r["median_ms"] for r in done], label=label)
+        style = "--" if method in GPU_METHODS else "-"
+        (line,) = latency.plot(
+            [r["n"] for r in done], [r["median_ms"] for r in done], style, label=label
+        )
         for r in done:
             disturbed = r["other_load"] > max_other_load
             face = "white" if disturbed else line.get_color()
             latency.plot(r["n"], r["median_ms"], "o", color=line.get_color(), markerfacecolor=face)
         # Tiny cases can measure 0 MiB above baseline, which a log axis cannot show.
-        sized = [r for r in done if r["peak_mib"] > 0]
-        memory.plot([r["n"] for r in sized], [r["peak_mib"] for r in sized], "o-", label=label)
+        sized = [r for r in done if (r["peak_mib"] or 0) > 0]
+        memory.plot(
+            [r["n"] for r in sized], [r["peak_mib"] for r in sized], "o" + style, label=label
+        )
     for axis, title, unit in (
         (latency, "latency (hollow: other processes were busy)", "ms per call (median)"),
         (memory, "peak working memory", "MiB above inputs"),
@@ -722,7 +872,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Time FAVOR+ (non-causal, chunked causal, textbook cumsum causal) against "
         "torch SDPA on CPU in fp32, measure each case's peak memory in a fresh process, and "
         "compare achieved GFLOP/s with a matmul measured in the same run. Prints a markdown "
-        "table and writes attention.md and attention.png to --out-dir.",
+        "table and writes attention.md, attention.json and attention.png to --out-dir.",
     )
     parser.add_argument(
         "--lengths",
@@ -736,8 +886,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--methods",
         type=methods_arg,
-        default=",".join(METHODS),
-        help="comma-separated methods to run (default: all, %(default)s)",
+        default=None,
+        help="comma-separated methods to run, of " + ", ".join(METHODS) + " (default: all that "
+        "can run here; the *_cuda ones need a CUDA device)",
     )
     parser.add_argument("--batch", type=int, default=1, help="batch size B (default: 1)")
     parser.add_argument("--heads", type=int, default=8, help="heads H (default: 8)")
@@ -774,6 +925,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=8.0,
         help="skip SDPA when torch would take the math path and its n x n scores exceed this "
         "(default: 8)",
+    )
+    parser.add_argument(
+        "--sdpa-max-length",
+        type=int,
+        default=0,
+        help="skip CPU SDPA above this length: its O(n²) time dominates a sweep (one causal "
+        "call at n = 65536 takes over 30 s on 2 cores); 0 for no limit (default: 0)",
     )
     parser.add_argument(
         "--max-other-load",
@@ -819,6 +977,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.lengths = QUICK_LENGTHS
+    if args.methods is None and not args.case:
+        args.methods = available_methods()
     return args
 
 
@@ -828,6 +988,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return 0
+    run(args)
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the sweep, print its table, write attention.md, .png and .json; the JSON report.
+
+    ``python -m benchmarks`` calls this with options from :func:`parse_args`.
+    """
     cfg = Config(args.batch, args.heads, args.dim_head, args.features, args.chunk_size)
     timing = Timing(args.budget, args.min_runs, args.max_case_seconds)
     started = time.perf_counter()
@@ -838,12 +1007,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"matmul reference: {matmul['gflops']:.1f} GFLOP/s\n")
     print(table)
     write_outputs(args.out_dir, header, table, results, args.max_other_load)
+    report = json_report(cfg, matmul, results)
+    (args.out_dir / "attention.json").write_text(json.dumps(report, indent=1) + "\n")
     elapsed = time.perf_counter() - started
     print(
-        f"wrote attention.md and attention.png to {args.out_dir} in {elapsed:.0f} s",
+        f"wrote attention.md, attention.json and attention.png to {args.out_dir} "
+        f"in {elapsed:.0f} s",
         file=sys.stderr,
     )
-    return 0
+    return report
+
+
+def json_report(cfg: Config, matmul: dict, results: list[dict]) -> dict:
+    """Machine-readable results: one record per case, with its GFLOP/s and % of matmul.
+
+    Skipped and failed cases keep their ``skipped`` / ``error`` text and have no timing, so
+    readers (``benchmarks.targets``) can tell "not run" from a measurement.
+    """
+    records = []
+    for result in results:
+        record = {key: value for key, value in result.items() if key != "spec"}
+        record.update(label=LABELS[result["method"]], causal=CAUSAL[result["method"]])
+        if "median_ms" in result:
+            record["gflops"], record["pct_of_matmul"] = efficiency(result, matmul)
+        records.append(record)
+    return {
+        "machine": machine_info(),
+        "config": vars(cfg),
+        "matmul": {key: matmul[key] for key in ("gflops", "gflops_first_last", "runs")},
+        "results": records,
+    }
 
 
 if __name__ == "__main__":

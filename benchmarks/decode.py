@@ -11,16 +11,18 @@ the same way (torch's dynamo exporter, opset 17) and run in ONNX Runtime on the 
   per token, fed back through the graph each step.
 
 For each context length the prompt is prefilled once, then decode steps are timed. Prints a
-table and writes ``benchmarks/results/decode.png``.
+table and writes ``decode.md``, ``decode.json`` and ``decode.png`` to ``benchmarks/results/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.attention import lengths_arg
+from benchmarks.machine import machine_info
 from benchmarks.timing import median_ms
 from favor.exporter import export
 from favor.ops.models import PerformerLM
@@ -132,9 +136,26 @@ def time_favor(export_dir: Path, context: int, repeats: int, threads: int) -> fl
     return median_ms(lambda: generator.step(1), repeats)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contexts", default="16,256,1024,4096,8192")
+DEFAULT_CONTEXTS = (16, 256, 1024, 4096, 8192)
+QUICK_CONTEXTS = (16, 1024)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``python -m benchmarks`` builds its own argv for these."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.decode", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--contexts",
+        type=lengths_arg,
+        default=",".join(map(str, DEFAULT_CONTEXTS)),
+        help="comma-separated context lengths; the first is the baseline (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only contexts " + ",".join(map(str, QUICK_CONTEXTS)) + " (overrides --contexts)",
+    )
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -144,60 +165,104 @@ def main() -> None:
         "--threads", type=int, default=1, help="ORT intra-op threads (1 is steadier)"
     )
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
-    args = parser.parse_args()
-    contexts = [int(c) for c in args.contexts.split(",")]
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.contexts = QUICK_CONTEXTS
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Export both LMs, time a decode step at each context, and write decode.md, .json, .png.
+
+    Prints the table and returns the JSON report (``benchmarks.targets`` reads its records).
+    """
     logging.disable(logging.WARNING)
     torch.manual_seed(0)
     head_dim = args.dim // args.heads
-    rows = []
+    records = []
     with tempfile.TemporaryDirectory() as tmp:
-        print("exporting the FAVOR LM...", file=sys.stderr)
+        print("exporting the FAVOR LM...", file=sys.stderr, flush=True)
         favor_lm = PerformerLM(VOCAB, args.dim, args.depth, args.heads, nb_features=args.features)
         export(favor_lm, Path(tmp) / "favor", name="lm", formats="onnx", validate_outputs=False)
-        print("exporting the softmax LM...", file=sys.stderr)
+        print("exporting the softmax LM...", file=sys.stderr, flush=True)
         softmax_path = Path(tmp) / "softmax.onnx"
         export_softmax(
             SoftmaxLM(args.dim, args.depth, args.heads), args.heads, head_dim, softmax_path
         )
-        for context in contexts:
-            print(f"context {context}...", file=sys.stderr)
+        for index, context in enumerate(args.contexts, start=1):
             favor_ms = time_favor(Path(tmp) / "favor", context, args.repeats, args.threads)
             softmax_ms = time_softmax(
                 softmax_path, args.depth, args.heads, head_dim, context, args.repeats, args.threads
             )
-            rows.append((context, favor_ms, softmax_ms))
-    base_favor, base_softmax = rows[0][1], rows[0][2]
-    lines = [
-        f"Decode step latency, LM dim={args.dim} depth={args.depth} heads={args.heads} M={args.features}, "
-        f"ONNX Runtime {ort.__version__} CPU, {args.threads} thread(s)",
-        "",
-        f"| context | favor ms | favor vs {contexts[0]} | softmax+KV ms | softmax vs {contexts[0]} | softmax / favor |",
-        "|---|---|---|---|---|---|",
-    ]
-    for context, favor_ms, softmax_ms in rows:
-        lines.append(
-            f"| {context} | {favor_ms:.2f} | {favor_ms / base_favor:.2f}x | {softmax_ms:.2f} | "
-            f"{softmax_ms / base_softmax:.2f}x | {softmax_ms / favor_ms:.2f}x |"
-        )
-    table = "\n".join(lines)
+            records.append({"context": context, "favor_ms": favor_ms, "softmax_ms": softmax_ms})
+            print(
+                f"[{index}/{len(args.contexts)}] decode context {context:<6d} favor "
+                f"{favor_ms:.2f} ms, softmax+KV {softmax_ms:.2f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+    table = render_table(args, records)
     print(table)
+    report = {
+        "machine": machine_info(),
+        "config": {
+            key: getattr(args, key)
+            for key in ("dim", "depth", "heads", "features", "repeats", "threads")
+        },
+        "results": records,
+    }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "decode.md").write_text(table + "\n")
+    (args.out_dir / "decode.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(records, args.out_dir / "decode.png")
+    print(f"wrote decode.md, decode.json and decode.png to {args.out_dir}", file=sys.stderr)
+    return report
+
+
+def render_table(args: argparse.Namespace, records: list[dict]) -> str:
+    """Markdown table of per-token latency; ratios are against the first context."""
+    base = records[0]
+    lines = [
+        f"Decode step latency, LM dim={args.dim} depth={args.depth} heads={args.heads} "
+        f"M={args.features}, ONNX Runtime {ort.__version__} CPU, {args.threads} thread(s)",
+        "",
+        f"| context | favor ms | favor vs {base['context']} | softmax+KV ms "
+        f"| softmax vs {base['context']} | softmax / favor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['context']} | {r['favor_ms']:.2f} | {r['favor_ms'] / base['favor_ms']:.2f}x | "
+            f"{r['softmax_ms']:.2f} | {r['softmax_ms'] / base['softmax_ms']:.2f}x | "
+            f"{r['softmax_ms'] / r['favor_ms']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """Decode step latency against context, log-log, FAVOR and softmax."""
     import matplotlib
 
+    # Agg needs no display; select it before pyplot is imported.
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    contexts = [r["context"] for r in records]
     figure, axis = plt.subplots(figsize=(6, 4))
-    axis.loglog(contexts, [r[1] for r in rows], "o-", label="FAVOR, constant state")
-    axis.loglog(contexts, [r[2] for r in rows], "s-", label="softmax, KV cache")
+    axis.loglog(contexts, [r["favor_ms"] for r in records], "o-", label="FAVOR, constant state")
+    axis.loglog(contexts, [r["softmax_ms"] for r in records], "s-", label="softmax, KV cache")
     axis.set_xlabel("context length (tokens)")
     axis.set_ylabel("decode step (ms)")
     axis.legend()
     axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(args.out_dir / "decode.png", dpi=120)
-    print(f"wrote {args.out_dir / 'decode.png'}", file=sys.stderr)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks.decode``: run with command-line options."""
+    run(parse_args(argv))
 
 
 if __name__ == "__main__":

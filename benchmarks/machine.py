@@ -13,3 +13,26 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def machine_info() -> dict:
+    """Date, CPU, core count, library versions and CUDA device: what every report header needs.
+
+    Imports torch and onnxruntime lazily, so that importing this module stays cheap.
+    """
+    import datetime
+    import os
+
+    import onnxruntime
+    import torch
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "ort_providers": onnxruntime.get_available_providers(),
+        "cuda_device": cuda,
+    }
