@@ -316,7 +316,10 @@ def quantize_int8(
             nodes_to_quantize=sorted(to_quantize),
             nodes_to_exclude=sorted(kept_float),
             use_external_data_format=large,
-            extra_options={"MatMulConstBOnly": True},
+            # The quantizer types tensors with ONNX's shape inference, which cannot type the
+            # outputs of a contrib node (--fused-attention's LinearAttention); untyped tensors
+            # here are float32 activations.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         quantized = onnx.load(str(target))
     _restore_interface(quantized, float_model)

@@ -224,3 +224,17 @@ def test_cuda_provider_runs_the_fused_node(fused_graph, length):
     out, _ = _run(session, q, k, v, torch.zeros(1, HEADS, FEATURES, DIM + 1))
     expected = _reference(module, q, k, v)
     torch.testing.assert_close(torch.from_numpy(out).double(), expected, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("options", "op_type"),
+    [({"dtype": "fp16"}, "Cast"), ({"quantize": "int8"}, "MatMulInteger")],
+    ids=["fp16", "int8"],
+)
+def test_combines_with_the_precision_options(lm_checkpoint, tmp_path, options, op_type):
+    result = export(lm_checkpoint, tmp_path, fused_attention=True, **options)
+    assert result.report.passed
+    graph = onnx.load(str(result.onnx_path))
+    assert len(fused_nodes(graph)) == len(result.manifest["attention"])
+    assert op_type in {n.op_type for n in graph.graph.node}
