@@ -22,7 +22,7 @@ import logging
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from torch import nn
 
 from benchmarks.attention import lengths_arg
 from benchmarks.machine import machine_info
-from benchmarks.timing import median_ms
+from benchmarks.timing import interleaved_median_ms
 from favor.exporter import export
 from favor.ops.models import PerformerLM
 from favor.ops.rotary import RotaryEmbedding
@@ -111,12 +111,11 @@ def export_softmax(model: SoftmaxLM, heads: int, head_dim: int, path: Path) -> N
     program.save(str(path))
 
 
-def time_softmax(
-    path: Path, depth: int, heads: int, head_dim: int, context: int, repeats: int, threads: int
-) -> float:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def softmax_step(
+    session: ort.InferenceSession, depth: int, heads: int, head_dim: int, context: int
+) -> Callable[[], object]:
+    """One softmax decode step after a prefilled ``context``; the cache is not advanced, so
+    every timed call sees the same context length."""
     rng = np.random.default_rng(0)
     empty = [np.zeros((1, heads, 0, head_dim), np.float32) for _ in range(2 * depth)]
     feeds = {"tokens": rng.integers(0, VOCAB, (1, context)), "offsets": np.zeros(1, np.int64)}
@@ -124,16 +123,15 @@ def time_softmax(
     outputs = session.run(None, dict(zip(names, [*feeds.values(), *empty], strict=True)))
     step_inputs = [np.array([[1]]), outputs[1], *outputs[2:]]
     step = dict(zip(names, step_inputs, strict=True))
-    # Time one step at this context: the cache is not advanced, so every timed call sees the
-    # same context length.
-    return median_ms(lambda: session.run(None, step), repeats)
+    return lambda: session.run(None, step)
 
 
-def time_favor(export_dir: Path, context: int, repeats: int, threads: int) -> float:
-    generator = Generator(Session(export_dir, threads=threads))
+def favor_step(session: Session, context: int) -> Callable[[], object]:
+    """One FAVOR decode step after a prefilled ``context``. Steps advance the context by one
+    token each: negligible next to the context itself."""
+    generator = Generator(session)
     generator.prefill(np.random.default_rng(0).integers(0, VOCAB, context))
-    # Steps advance the context by one token each: negligible next to the context itself.
-    return median_ms(lambda: generator.step(1), repeats)
+    return lambda: generator.step(1)
 
 
 DEFAULT_CONTEXTS = (16, 256, 1024, 4096, 8192)
@@ -160,7 +158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--features", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument(
         "--threads", type=int, default=1, help="ORT intra-op threads (1 is steadier)"
     )
@@ -179,7 +177,6 @@ def run(args: argparse.Namespace) -> dict:
     logging.disable(logging.WARNING)
     torch.manual_seed(0)
     head_dim = args.dim // args.heads
-    records = []
     with tempfile.TemporaryDirectory() as tmp:
         print("exporting the FAVOR LM...", file=sys.stderr, flush=True)
         favor_lm = PerformerLM(VOCAB, args.dim, args.depth, args.heads, nb_features=args.features)
@@ -189,18 +186,33 @@ def run(args: argparse.Namespace) -> dict:
         export_softmax(
             SoftmaxLM(args.dim, args.depth, args.heads), args.heads, head_dim, softmax_path
         )
-        for index, context in enumerate(args.contexts, start=1):
-            favor_ms = time_favor(Path(tmp) / "favor", context, args.repeats, args.threads)
-            softmax_ms = time_softmax(
-                softmax_path, args.depth, args.heads, head_dim, context, args.repeats, args.threads
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        softmax = ort.InferenceSession(
+            str(softmax_path), options, providers=["CPUExecutionProvider"]
+        )
+        favor = Session(Path(tmp) / "favor", threads=args.threads)
+        calls = {}
+        for context in args.contexts:
+            print(f"prefilling {context} tokens", file=sys.stderr, flush=True)
+            calls["favor", context] = favor_step(favor, context)
+            calls["softmax", context] = softmax_step(
+                softmax, args.depth, args.heads, head_dim, context
             )
-            records.append({"context": context, "favor_ms": favor_ms, "softmax_ms": softmax_ms})
-            print(
-                f"[{index}/{len(args.contexts)}] decode context {context:<6d} favor "
-                f"{favor_ms:.2f} ms, softmax+KV {softmax_ms:.2f} ms",
-                file=sys.stderr,
-                flush=True,
-            )
+        print(
+            f"timing {len(calls)} decode steps in alternating bursts, {args.repeats} calls each",
+            file=sys.stderr,
+            flush=True,
+        )
+        times = interleaved_median_ms(calls, args.repeats)
+        records = [
+            {
+                "context": context,
+                "favor_ms": times["favor", context],
+                "softmax_ms": times["softmax", context],
+            }
+            for context in args.contexts
+        ]
     table = render_table(args, records)
     print(table)
     report = {
