@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m benchmarks            # full run: n = 1024 ... 65536, decode up to 8192, int8 (~20 min)
+    python -m benchmarks            # full run: n = 1024 ... 65536, decode up to 8192, int8 (~9 min)
     python -m benchmarks --quick    # smoke run, a few minutes; most targets "not measured"
     python -m benchmarks --lengths 4096,16384 --out /tmp/bench
 
