@@ -139,6 +139,8 @@ Examples:
       half-precision weights; attention internals and the LM state stay float32
   favor-export lm.pt --quantize int8
       int8 weight MatMuls in the ONNX graph (about 3x smaller); attention stays float
+  favor-export lm.pt --fused-attention
+      each causal layer as one ONNX Runtime LinearAttention node (runs on ONNX Runtime only)
 
 \b
 Causal LMs export one stateful graph: inputs tokens + state.*, outputs logits + new_state.*;
