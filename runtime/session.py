@@ -137,8 +137,14 @@ class Session:
                 str(self.onnx_path), options, providers=self.providers
             )
         except Exception as error:  # onnxruntime's exception types are not exported
+            hint = (
+                "; the graph uses ONNX Runtime's fused LinearAttention op (--fused-attention), "
+                "which onnxruntime 1.31 has and older or non-contrib builds lack"
+                if self.manifest.get("fused_attention")
+                else ""
+            )
             raise ManifestError(
-                f"onnxruntime cannot load {self.onnx_path.name}: {str(error).splitlines()[0]}"
+                f"onnxruntime cannot load {self.onnx_path.name}: {str(error).splitlines()[0]}{hint}"
             ) from None
         self.device = (
             "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"

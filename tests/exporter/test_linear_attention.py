@@ -238,3 +238,15 @@ def test_combines_with_the_precision_options(lm_checkpoint, tmp_path, options, o
     graph = onnx.load(str(result.onnx_path))
     assert len(fused_nodes(graph)) == len(result.manifest["attention"])
     assert op_type in {n.op_type for n in graph.graph.node}
+
+
+def test_runtime_names_the_fused_op_when_onnxruntime_cannot_load_it(fused_lm, monkeypatch):
+    from favor.runtime import session as runtime_session
+    from favor.runtime.manifest import ManifestError
+
+    def old_onnxruntime(*_args, **_kwargs):
+        raise RuntimeError("Could not find an implementation for LinearAttention(1) node")
+
+    monkeypatch.setattr(runtime_session.ort, "InferenceSession", old_onnxruntime)
+    with pytest.raises(ManifestError, match="fused LinearAttention op"):
+        Session(fused_lm.output_dir)
