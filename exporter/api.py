@@ -147,7 +147,7 @@ def export(
         raise ExportError("--fused-attention changes the ONNX graph, and --format has no onnx")
     elif quantize:
         raise ExportError("--quantize int8 quantizes the ONNX graph, and --format has no onnx")
-    if quantize and parse_dtype(dtype) != "float32":
+    if quantize and dtype != "float32":
         raise ExportError(f"--quantize int8 needs float32 weights, got --dtype {dtype}")
     if output_dir is None:
         if source_path is None:

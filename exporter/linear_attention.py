@@ -19,9 +19,12 @@ import functools
 
 import onnx
 import onnxscript
+import torch
 from onnx.defs import OpSchema
 from onnx.reference.ops.op_linear_attention import LinearAttention as StandardLinearAttention
 from onnxscript import opset18 as op
+
+import favor.ops.fused  # noqa: F401  registers favor::causal_linear_attention
 
 from .errors import ExportError
 
@@ -102,10 +105,6 @@ def translate(phi_q, phi_k, values, state, chunk_size: int):
 
 def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``."""
-    import torch
-
-    import favor.ops.fused  # noqa: F401  registers the op
-
     register_contrib_schema()
     return {torch.ops.favor.causal_linear_attention.default: translate}
 
