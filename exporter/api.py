@@ -18,7 +18,7 @@ from .manifest import build_manifest, dumps, spec_from_manifest, uncalibrated_ca
 from .onnx_graph import EXPORTERS, build_onnx, check_opset, describe_outputs, save_onnx
 from .precision import budget, cast_model, cast_spec, float32_paths, parse_dtype
 from .quant_budget import ParityBudget
-from .quantize import QuantizedGraph, parse_quantize, quantize_int8
+from .quantize import QuantizedGraph, int8_settings, parse_quantize, quantize_int8
 from .specs import ModelSpec
 from .torchscript import build_torchscript
 from .validation import ValidationReport, validate
@@ -112,6 +112,7 @@ def export(
     dtype: str = "float32",
     fused_attention: bool = False,
     quantize: str | None = None,
+    int8_scheme: str | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``model`` (a module, or a path to a checkpoint/TorchScript/pickle) and validate it.
@@ -132,10 +133,12 @@ def export(
     ``quantize="int8"`` quantizes the ONNX graph's weight MatMuls (dynamic int8, attention
     core in float; see :mod:`.quantize`) and holds it to the int8 parity budget
     (:mod:`.quant_budget`); the float graph it came from is validated as usual but not
-    written, and the TorchScript archive stays float.
+    written, and the TorchScript archive stays float. ``int8_scheme`` names one of
+    :data:`.quantize.INT8_SCHEMES` (default: the one that holds on every CPU).
     """
     say = progress or _silent
     quantize = parse_quantize(quantize)
+    settings = int8_settings(int8_scheme)
     dtype = parse_dtype(dtype)
     chosen_formats = _parse_formats(formats)
     say("load", str(model) if not isinstance(model, nn.Module) else type(model).__name__)
@@ -192,7 +195,7 @@ def export(
             onnx_name = f"{name}.float32.onnx" if quantize else f"{name}.onnx"
             written = save_onnx(graph, stage / onnx_name, external_data=external_data)
             if quantize:
-                float_onnx, quantized = stage / written[0], quantize_int8(graph, module)
+                float_onnx, quantized = stage / written[0], quantize_int8(graph, module, settings)
                 say("quantize", quantized.summary())
                 written = save_onnx(
                     quantized.model, stage / f"{name}.onnx", external_data=external_data

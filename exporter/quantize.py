@@ -51,31 +51,52 @@ _SAME_DIRECTION = 1.0 - 1e-5
 class QuantizationSettings:
     """The options given to ``onnxruntime.quantization.quantize_dynamic``, and the budget.
 
-    Activations are always uint8 in dynamic mode. The defaults were measured on the sample
-    char-LM (2-core AVX-512 VNNI CPU, one thread; README "Quantization"):
-
-    - int8 weights (U8S8) rather than uint8 (U8U8): prefill of 256 tokens 5.8 against 6.9 ms,
-      the same perplexity. ONNX Runtime's x86 kernels are built for U8S8; without VNNI their
-      ``vpmaddubsw`` can saturate, which ``reduce_range`` (7-bit weights) avoids.
-    - ``per_channel`` (a scale per output column): logits' relative RMS error 1.52% against
-      1.66% per tensor, for a 2% larger file.
-    - ``reduce_range`` off: it raised that error to 1.73%, and VNNI does not saturate.
+    Activations are always uint8 in dynamic mode. ``float_modules`` names Linear modules (by
+    the last part of their path, e.g. ``k_proj``) that stay float even though they are weights.
+    Each named scheme in :data:`INT8_SCHEMES` is one of these; ``python -m benchmarks.quantize``
+    measures them all.
     """
 
+    scheme: str = "custom"  # its name in INT8_SCHEMES
     mode: str = "int8"
     method: str = "dynamic"
     weight_type: str = "int8"
     activation_type: str = "uint8"
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool = True
     op_types: tuple[str, ...] = ("MatMul",)
+    float_modules: tuple[str, ...] = ()
     budget: ParityBudget = INT8_BUDGET  # what validation holds the graph to (.quant_budget)
 
     def to_json(self) -> dict:
-        return asdict(self) | {"op_types": list(self.op_types)}
+        return asdict(self) | {
+            "op_types": list(self.op_types),
+            "float_modules": list(self.float_modules),
+        }
 
 
-DEFAULT_SETTINGS = QuantizationSettings()
+# The int8 schemes, by name. The default must hold its budget on every CPU ONNX Runtime runs on,
+# because the budget is checked on the exporting machine and the graph then runs elsewhere.
+# ONNX Runtime's x86 U8S8 kernels without AVX-512 VNNI (AVX2, and the browser's wasm SIMD) sum
+# pairs of uint8 x int8 products into int16 with saturation: 2 x 255 x 127 overflows it, and the
+# sample char-LM's attention state was then off by 53% (rel RMS). Weights in 7 bits
+# (``reduce_range``: |w| <= 64) keep every pair sum within int16 (2 x 255 x 64 = 32640), so the
+# integer product is exact on every kernel and the result no longer depends on the CPU. It costs
+# one bit of weight precision; README "Quantization" has the figures of every scheme.
+INT8_SCHEMES: dict[str, QuantizationSettings] = {
+    settings.scheme: settings
+    for settings in (
+        QuantizationSettings("u8s8-7bit"),
+        QuantizationSettings("u8s8", reduce_range=False),
+        QuantizationSettings("u8u8", weight_type="uint8", reduce_range=False),
+        QuantizationSettings("u8s8-7bit-per-tensor", per_channel=False),
+        QuantizationSettings(
+            "u8s8-float-kv", reduce_range=False, float_modules=("k_proj", "v_proj")
+        ),
+    )
+}
+DEFAULT_SCHEME = "u8s8-7bit"
+DEFAULT_SETTINGS = INT8_SCHEMES[DEFAULT_SCHEME]
 
 
 @dataclass
@@ -110,6 +131,15 @@ class QuantizedGraph:
                 {"node": node, "reason": why} for node, why in sorted(self.kept_float.items())
             ],
         }
+
+
+def int8_settings(scheme: str | None) -> QuantizationSettings:
+    """The settings of a named scheme (None: the default); an unknown name is an ExportError."""
+    if scheme is None:
+        return DEFAULT_SETTINGS
+    if scheme not in INT8_SCHEMES:
+        raise ExportError(f"--int8-scheme must be one of {', '.join(INT8_SCHEMES)}, got {scheme!r}")
+    return INT8_SCHEMES[scheme]
 
 
 def parse_quantize(value: str | None) -> str | None:
@@ -227,13 +257,14 @@ def _plain_gemm_weight(node: onnx.NodeProto, b: np.ndarray) -> np.ndarray | None
 
 
 def classify_matmuls(
-    model: onnx.ModelProto, module: nn.Module
+    model: onnx.ModelProto, module: nn.Module, float_modules: tuple[str, ...] = ()
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Sort the constant-B MatMul/Gemm nodes of ``model`` (in place: nodes get names, and Gemms
     on a weight become MatMul + Add) into ``(to_quantize, kept_float)``.
 
     ``to_quantize`` maps node name -> module path of the weight; ``kept_float`` maps node name
-    -> why it stays float (an attention buffer, or a constant that is no weight of the model).
+    -> why it stays float (an attention buffer, a weight of a module named in ``float_modules``,
+    or a constant that is no weight of the model).
     """
     graph = model.graph
     _name_nodes(graph)
@@ -249,6 +280,9 @@ def classify_matmuls(
         b = numpy_helper.to_array(constants[node.input[1]])
         operand = b if node.op_type == "MatMul" else _plain_gemm_weight(node, b)
         path = None if operand is None else weights.get(_key(np.ascontiguousarray(operand)))
+        if path is not None and path.rsplit(".", 1)[-1] in float_modules:
+            kept_float[node.name] = f"weight of {path}, kept float by the scheme"
+            continue
         if path is not None:
             if node.op_type == "Gemm":
                 node = _gemm_as_matmul(graph, index, operand)
@@ -288,7 +322,7 @@ def quantize_int8(
 
     float_model = onnx.ModelProto()
     float_model.CopyFrom(model)
-    to_quantize, kept_float = classify_matmuls(float_model, module)
+    to_quantize, kept_float = classify_matmuls(float_model, module, settings.float_modules)
     if not to_quantize:
         # quantize_dynamic reads an empty nodes_to_quantize as "every node": never pass one.
         raise ExportError(

@@ -18,7 +18,12 @@ from favor.exporter.cli import export_command, validate_command
 from favor.exporter.known_models import exportable
 from favor.exporter.manifest import SCHEMA_PATH
 from favor.exporter.quant_budget import INT8_BUDGET, ParityBudget, check_budget
-from favor.exporter.quantize import QuantizationSettings, quantize_int8
+from favor.exporter.quantize import (
+    DEFAULT_SETTINGS,
+    INT8_SCHEMES,
+    QuantizationSettings,
+    quantize_int8,
+)
 from favor.exporter.validation import validate
 from favor.ops import FavorAttention
 from favor.runtime import Generator, Session
@@ -121,6 +126,68 @@ def test_quantized_graph_keeps_interface_and_versions(float_and_int8):
         (o.domain, o.version) for o in q.opset_import if o.domain in ("", "ai.onnx")
     ]
     onnx.checker.check_model(q, full_check=True)
+
+
+def _int8_weights(model: onnx.ModelProto) -> list[np.ndarray]:
+    """The integer weight operand (B) of every MatMulInteger."""
+    constants = {init.name: init for init in model.graph.initializer}
+    return [
+        numpy_helper.to_array(constants[node.input[1]])
+        for node in model.graph.node
+        if node.op_type == "MatMulInteger"
+    ]
+
+
+def _int16_pair_sums_saturate(weights: np.ndarray) -> bool:
+    """Whether an AVX2/wasm U8S8 kernel could saturate on ``weights (K, N)`` int8.
+
+    Those kernels multiply uint8 activations by int8 weights and add adjacent pairs along K into
+    int16 with saturation (``vpmaddubsw``); the worst activation is 255 at both places of a pair.
+    """
+    w = np.abs(weights.astype(np.int64))
+    w = np.concatenate([w, np.zeros((len(w) % 2, w.shape[1]), np.int64)])
+    return bool((255 * (w[0::2] + w[1::2]) > np.iinfo(np.int16).max).any())
+
+
+def test_default_scheme_is_exact_on_saturating_int8_kernels(float_and_int8):
+    model, graph, quantized = float_and_int8
+    assert quantized.settings == DEFAULT_SETTINGS
+    weights = _int8_weights(quantized.model)
+    assert len(weights) == _linear_count(model) and all(w.dtype == np.int8 for w in weights)
+    assert not any(_int16_pair_sums_saturate(w) for w in weights)
+    # Full 8-bit weights would saturate: what made the int8 graph miss its budget on AVX2.
+    full_range = quantize_int8(graph, exportable(model, [])[0], INT8_SCHEMES["u8s8"])
+    assert any(_int16_pair_sums_saturate(w) for w in _int8_weights(full_range.model))
+
+
+@pytest.mark.parametrize("scheme", [s for s in INT8_SCHEMES if s != "u8s8"])
+def test_every_int8_scheme_quantizes_what_it_says(scheme, float_and_int8):
+    model, graph, _ = float_and_int8
+    settings = INT8_SCHEMES[scheme]
+    quantized = quantize_int8(graph, exportable(model, [])[0], settings)
+    onnx.checker.check_model(quantized.model, full_check=True)
+    weights = _int8_weights(quantized.model)
+    kept = [
+        path
+        for path, sub in model.named_modules()
+        if isinstance(sub, nn.Linear) and path.rsplit(".", 1)[-1] in settings.float_modules
+    ]
+    assert len(weights) == _linear_count(model) - len(kept)
+    assert {w.dtype for w in weights} == {np.dtype(settings.weight_type)}
+    assert sum("kept float by the scheme" in why for why in quantized.kept_float.values()) == len(
+        kept
+    )
+    constants = {
+        init.name: numpy_helper.to_array(init) for init in quantized.model.graph.initializer
+    }
+    scales = [
+        constants[node.input[1]]
+        for node in quantized.model.graph.node
+        if node.op_type == "Mul" and node.input[1] in constants and node.input[1].endswith("scale")
+    ]
+    assert scales, "no weight scale found"
+    assert all((s.size > 1) is settings.per_channel for s in scales)
+    assert quantized.to_json()["scheme"] == scheme
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +331,7 @@ def test_cli_quantize_int8_end_to_end(lm_checkpoint, tmp_path):
         pytest.param(["--quantize", "int4"], "--quantize must be none or int8, got 'int4'", id="unknown-mode"),
         pytest.param(["--quantize", "int8", "--format", "torchscript"], "--format has no onnx", id="no-onnx"),
         pytest.param(["--quantize", "int8", "--dtype", "fp16"], "needs float32 weights", id="half-dtype"),
+        pytest.param(["--quantize", "int8", "--int8-scheme", "s4"], "--int8-scheme must be one of u8s8-7bit, ", id="unknown-scheme"),
     ],
 )  # fmt: skip
 def test_cli_rejects_bad_quantize_requests(args, message, lm_checkpoint, tmp_path):
@@ -274,11 +342,11 @@ def test_cli_rejects_bad_quantize_requests(args, message, lm_checkpoint, tmp_pat
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def _crashing_quantizer(graph, module):
+def _crashing_quantizer(graph, module, settings):
     raise ExportError("the quantizer failed halfway")
 
 
-def _hopeless_budget(graph, module):
+def _hopeless_budget(graph, module, settings):
     return quantize_int8(
         graph, module, QuantizationSettings(budget=ParityBudget(1e-9, 1e-12, 1.0, 0.0))
     )
