@@ -1,7 +1,10 @@
 """``--quantize int8``: what is quantized, the parity budget, the runtime, the CLI, atomic writes."""
 
 import json
+import shutil
+import subprocess
 from collections import Counter
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -227,6 +230,42 @@ def test_quantized_lm_streams_through_the_runtime(int8_lm, lm_checkpoint):
     assert held.passed, held.note
     generated = list(Generator(session).stream([1, 2, 3], max_new_tokens=12, seed=0))
     assert len(generated) == 12 and all(0 <= t < 40 for t in generated)
+
+
+NODE_TESTS = Path(__file__).resolve().parent.parent / "node"
+
+
+def _wasm_logits(export_dir: Path, name: str, chunks: list[list[int]]) -> list[np.ndarray]:
+    """Logits of each chunk fed in turn through onnxruntime-web's wasm build (the browser's)."""
+    done = subprocess.run(
+        ["node", str(NODE_TESTS / "run_chunks.mjs"), str(export_dir), name, json.dumps(chunks)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
+    return [np.asarray(flat, np.float32) for flat in json.loads(done.stdout)["logits"]]
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_TESTS / "node_modules" / "onnxruntime-web").is_dir(),
+    reason="needs node and `npm ci --ignore-scripts` in tests/node (.ci/run installs both)",
+)
+def test_int8_graph_runs_alike_in_the_browser_wasm_build(int8_lm):
+    # wasm SIMD's int8 kernels sum pairs of products in int16, as AVX2's do; with 7-bit weights
+    # neither saturates, so the browser computes what this machine's ONNX Runtime computes, up
+    # to float rounding (with 8-bit weights the sample char-LM's logits differed by 12-18%).
+    session = Session(int8_lm.output_dir, providers="cpu")
+    low, high = session.manifest["inputs"][0]["range"]
+    rng = np.random.default_rng(5)
+    chunks = [rng.integers(low, high, 37).tolist()] + [[int(t)] for t in rng.integers(low, high, 6)]
+    browser = _wasm_logits(int8_lm.output_dir, "lm", chunks)
+    state = session.initial_state(1)
+    for chunk, got in zip(chunks, browser, strict=True):
+        out = session.run(tokens=np.asarray([chunk]), **state)
+        state = {name: out[output] for name, output in session.state}
+        want = out["logits"]
+        assert np.isfinite(got).all() and got.size == want.size
+        error = np.linalg.norm(got - want.ravel()) / np.linalg.norm(want)
+        assert error < 5e-3, f"chunk of {len(chunk)}: wasm logits off by {error:.2%} (rel RMS)"
 
 
 def _negate_int8_weights(path, target):
