@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
+import traceback
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
-from .generate import Generator
+from .generate import DEFAULT_PREFILL_CHUNK, Generator
 from .manifest import ManifestError
-from .session import NUMPY_DTYPES, Session
+from .sampling import check_sampling
+from .session import NUMPY_DTYPES, Session, layout
 
 EPILOG = """examples:
   favor-run run dist/ --inputs batch.npz --output out.npz
@@ -27,8 +34,34 @@ EPILOG = """examples:
   favor-run bench dist/ --seq 1,64,1024 --context 16,4096
       time calls at given lengths, and decode steps after given context lengths
 
-exit codes: 0 success, 2 bad input, 3 internal error
+--json prints the result, or {"ok": false, "exit_code": N, "error": "..."}, as JSON on stdout.
+exit codes: 0 success, 2 bad input, 3 internal error, 130 interrupted
 """
+BAD_INPUT, INTERNAL_ERROR, INTERRUPTED = 2, 3, 130
+
+
+class UsageError(ValueError):
+    """A command line argparse cannot read: exit code 2, like any other bad input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints the usage and exits itself; raising lets main() report the error in one
+    # line (or as JSON) like every other bad input.
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _parse_ints(text: str) -> list[int]:
@@ -49,7 +82,24 @@ def _session_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--providers", default="auto", help="auto, cpu, cuda, tensorrt, or a comma list [auto]"
     )
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads [its default]")
+    parser.add_argument(
+        "--threads", type=_int_at_least(1), help="ONNX Runtime intra-op threads [its default]"
+    )
+
+
+def _global_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    """``--debug`` and ``--json``, before or after the command name.
+
+    The subcommands' defaults are SUPPRESS so that they do not overwrite a flag given before
+    the command name.
+    """
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks for errors"
+    )
+    parser.add_argument(
+        "--json", dest="as_json", action="store_true", default=default,
+        help="print the result, or the error and exit code, as JSON on stdout",
+    )  # fmt: skip
 
 
 def _open(args: argparse.Namespace) -> Session:
@@ -79,22 +129,56 @@ def _table(header: Sequence[str], rows: list[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def _print_json(payload: dict) -> None:
+    print(json.dumps(payload, indent=2))
+
+
+# What np.load raises for a file that is not a readable .npy/.npz (pickles are refused).
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _read_array(file: str, flag: str) -> np.ndarray:
+    """The array in ``.npy`` ``file``; ValueError naming ``flag`` if it holds none."""
+    try:
+        loaded = np.load(file)
+    except _UNREADABLE as error:
+        raise ValueError(f"cannot read {flag}: {error}") from None
+    if not isinstance(loaded, np.ndarray):
+        loaded.close()
+        raise ValueError(f"{flag}: {file} is not a .npy array")
+    return loaded
+
+
+def _read_archive(file: Path) -> dict[str, np.ndarray]:
+    """Every array in ``.npz`` ``file``, by name; ValueError if it is not a readable one."""
+    try:
+        loaded = np.load(file)
+        if not isinstance(loaded, np.ndarray):
+            with loaded as archive:
+                return {k: archive[k] for k in archive.files}
+    except _UNREADABLE as error:
+        raise ValueError(f"cannot read --inputs {file}: {error}") from None
+    raise ValueError(f"--inputs {file} is not an .npz archive (give a .npy with --input)")
+
+
 def _load_inputs(args: argparse.Namespace, session: Session) -> dict[str, np.ndarray]:
+    """Arrays from ``--inputs`` and ``--input`` by name; state inputs not given start at zero."""
     feeds: dict[str, np.ndarray] = {}
+    origins: dict[str, str] = {}
     if args.inputs is not None:
-        try:
-            with np.load(args.inputs) as archive:
-                feeds.update({k: archive[k] for k in archive.files})
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read --inputs {args.inputs}: {error}") from None
+        for name, array in _read_archive(args.inputs).items():
+            feeds[name], origins[name] = array, f"--inputs {args.inputs}: {name}"
     for item in args.input or []:
         name, sep, file = item.partition("=")
         if not sep:
             raise ValueError(f"--input {item!r} must be NAME=FILE.npy")
-        try:
-            feeds[name] = np.load(file)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read --input {name}: {error}") from None
+        feeds[name] = _read_array(file, f"--input {name}")
+        origins[name] = f"--input {name}: {file}"
+    shapes = {t.name: t.shape for t in session.inputs}
+    for name, array in feeds.items():
+        if array.ndim == 0:
+            want = f"; input {name!r} has shape {layout(shapes[name])}" if name in shapes else ""
+            raise ValueError(f"{origins[name]} holds a scalar{want}")
     missing_state = [inp for inp, _ in session.state if inp not in feeds]
     if missing_state and feeds:
         batch = next(iter(feeds.values())).shape[0]
@@ -103,24 +187,75 @@ def _load_inputs(args: argparse.Namespace, session: Session) -> dict[str, np.nda
     return feeds
 
 
+def _check_output(path: Path) -> None:
+    """Fail before any work if ``path`` cannot be written (``_write_npz`` still checks)."""
+    if path.is_dir() and not path.is_symlink():
+        raise ValueError(f"cannot write --output {path}: it is a directory")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write --output {path}: {path.parent} is not a directory")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write --output {path}: {path.parent} is not writable")
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an ``.npz`` to exactly ``path`` (no suffix added).
+
+    Written to a temporary file beside ``path`` and renamed over it: a failure leaves nothing
+    behind, and a symlink at ``path`` is replaced rather than written through.
+    """
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise ValueError(f"cannot write --output {path}: {error.strerror}") from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, **arrays)
+        # mkstemp creates 0600; give the file the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
+        os.replace(tmp, path)
+    except OSError as error:
+        raise ValueError(f"cannot write --output {path}: {error.strerror or error}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _summary(array: np.ndarray) -> tuple[float | None, ...]:
+    """min, max and mean of ``array`` (None for an empty one)."""
+    if array.size == 0:
+        return None, None, None
+    return float(array.min()), float(array.max()), float(array.astype(np.float64).mean())
+
+
 def command_run(args: argparse.Namespace) -> None:
+    if args.output is not None:
+        _check_output(args.output)
     session = _open(args)
     outputs = session.run(_load_inputs(args, session))
+    if args.output is not None:
+        _write_npz(args.output, outputs)
+    summary = [(name, list(a.shape), str(a.dtype), *_summary(a)) for name, a in outputs.items()]
+    if args.as_json:
+        keys = ("name", "shape", "dtype", "min", "max", "mean")
+        output_file = None if args.output is None else str(args.output)
+        _print_json(
+            {"ok": True, "outputs": [dict(zip(keys, row, strict=True)) for row in summary],
+             "output_file": output_file}
+        )  # fmt: skip
+        return
     rows = [
-        (
-            name,
-            "x".join(map(str, a.shape)),
-            a.dtype,
-            f"{a.min():.4g}",
-            f"{a.max():.4g}",
-            f"{a.astype(np.float64).mean():.4g}",
-        )
-        for name, a in outputs.items()
+        (name, "x".join(map(str, shape)), dtype, *(_number(v, ".4g") for v in stats))
+        for name, shape, dtype, *stats in summary
     ]
     print(_table(("output", "shape", "dtype", "min", "max", "mean"), rows))
     if args.output is not None:
-        np.savez(args.output, **outputs)
         print(f"wrote {args.output}", file=sys.stderr)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _random_inputs(
@@ -155,9 +290,20 @@ def _time(call: Callable[[], object], repeats: int, warmup: int) -> list[float]:
     return times
 
 
+def _timing_row(what: str, batch: int, times: list[float], tokens: int) -> dict:
+    median = statistics.median(times)
+    return {
+        "what": what,
+        "batch": batch,
+        "median_ms": median,
+        "max_ms": max(times),
+        "tokens_per_s": tokens / median * 1e3,
+    }
+
+
 def command_bench(args: argparse.Namespace) -> None:
     session = _open(args)
-    say = _progress(args.quiet)
+    say = _progress(args.quiet or args.as_json)
     rng = np.random.default_rng(0)
     seq_dim = session.manifest.get("sequence_dim") or "seq"
     rows = []
@@ -165,16 +311,7 @@ def command_bench(args: argparse.Namespace) -> None:
         say(f"timing batch={args.batch} {seq_dim}={seq}")
         feeds = _random_inputs(session, {"batch": args.batch, seq_dim: seq}, rng)
         times = _time(lambda f=feeds: session.run(f), args.repeats, args.warmup)
-        median = statistics.median(times)
-        rows.append(
-            (
-                f"call {seq_dim}={seq}",
-                args.batch,
-                f"{median:.2f}",
-                f"{max(times):.2f}",
-                f"{args.batch * seq / median * 1e3:.0f}",
-            )
-        )
+        rows.append(_timing_row(f"call {seq_dim}={seq}", args.batch, times, args.batch * seq))
     if args.context and session.kind == "causal-lm":
         generator = Generator(session)
         for context in args.context:
@@ -184,58 +321,78 @@ def command_bench(args: argparse.Namespace) -> None:
             generator.prefill(tokens)
             last = int(tokens[-1])
             times = _time(lambda t=last: generator.step(t), args.repeats * 5, args.warmup)
-            median = statistics.median(times)
-            rows.append(
-                (
-                    f"decode after {context}",
-                    1,
-                    f"{median:.2f}",
-                    f"{max(times):.2f}",
-                    f"{1e3 / median:.0f}",
-                )
-            )
-    print(_table(("what", "batch", "median ms", "max ms", "tokens/s"), rows))
+            rows.append(_timing_row(f"decode after {context}", 1, times, 1))
+    if args.as_json:
+        _print_json({"ok": True, "rows": rows})
+        return
+    table = [
+        (r["what"], r["batch"], f"{r['median_ms']:.2f}", f"{r['max_ms']:.2f}",
+         f"{r['tokens_per_s']:.0f}")
+        for r in rows
+    ]  # fmt: skip
+    print(_table(("what", "batch", "median ms", "max ms", "tokens/s"), table))
+
+
+def _read_vocab(path: Path) -> list[str]:
+    """The ``--vocab`` JSON list of strings (token id = index)."""
+    try:
+        vocab = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as error:
+        raise ValueError(f"cannot read --vocab {path}: {error}") from None
+    if not isinstance(vocab, list) or not vocab or not all(isinstance(v, str) for v in vocab):
+        raise ValueError(f"--vocab {path} must be a JSON list of strings (token id = index)")
+    return vocab
 
 
 def command_generate(args: argparse.Namespace) -> None:
-    session = _open(args)
-    try:
-        vocab = json.loads(Path(args.vocab).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read --vocab {args.vocab}: {error}") from None
+    vocab = _read_vocab(args.vocab)
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    if not args.prompt:
+        raise ValueError("--prompt must not be empty: the model needs a token to start from")
     index = {ch: i for i, ch in enumerate(vocab)}
     unknown = sorted({ch for ch in args.prompt if ch not in index})
     if unknown:
         raise ValueError(f"--prompt has characters outside the vocabulary: {''.join(unknown)!r}")
-    generator = Generator(session)
+    session = _open(args)
+    generator = Generator(session, prefill_chunk=args.prefill_chunk)
     if len(vocab) != generator.vocab_size:
         raise ValueError(
             f"--vocab has {len(vocab)} entries but the model's vocabulary has {generator.vocab_size}"
         )
-    sys.stdout.write(args.prompt)
-    start, count = time.perf_counter(), 0
+    echo = not args.as_json
+    if echo:
+        sys.stdout.write(args.prompt)
+    start, pieces = time.perf_counter(), []
     for token in generator.stream(
         [index[ch] for ch in args.prompt], args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     ):  # fmt: skip
-        sys.stdout.write(vocab[token])
-        sys.stdout.flush()
-        count += 1
+        pieces.append(vocab[token])
+        if echo:
+            sys.stdout.write(vocab[token])
+            sys.stdout.flush()
     elapsed = time.perf_counter() - start
+    if not echo:
+        _print_json(
+            {"ok": True, "text": args.prompt + "".join(pieces), "new_tokens": len(pieces),
+             "seconds": elapsed}
+        )  # fmt: skip
+        return
     sys.stdout.write("\n")
     if not args.quiet:
         print(
-            f"favor-run: {count} tokens in {elapsed:.2f}s ({count / max(elapsed, 1e-9):.0f} tokens/s)",
+            f"favor-run: {len(pieces)} tokens in {elapsed:.2f}s "
+            f"({len(pieces) / max(elapsed, 1e-9):.0f} tokens/s)",
             file=sys.stderr,
         )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="favor-run", description="Run exported favor models on ONNX Runtime.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    _global_flags(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run once on inputs from .npz/.npy files")
@@ -244,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--input", action="append", metavar="NAME=FILE.npy", help="one input (repeatable)"
     )
-    run.add_argument("--output", type=Path, help="write all outputs to this .npz")
+    run.add_argument(
+        "--output", type=Path, help="write all outputs to this .npz (exactly this path)"
+    )
     run.set_defaults(func=command_run)
 
     bench = sub.add_parser(
@@ -254,12 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--seq", type=_parse_ints, default=[1, 64, 1024], help="lengths to time [1,64,1024]"
     )
-    bench.add_argument("--batch", type=int, default=1, help="batch size [1]")
+    bench.add_argument("--batch", type=_int_at_least(1), default=1, help="batch size [1]")
     bench.add_argument(
         "--context", type=_parse_ints, default=[], help="causal LMs: contexts to time decode after"
     )
-    bench.add_argument("--repeats", type=int, default=10, help="timed calls per case [10]")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed calls first [2]")
+    bench.add_argument(
+        "--repeats", type=_int_at_least(1), default=10, help="timed calls per case [10]"
+    )
+    bench.add_argument("--warmup", type=_int_at_least(0), default=2, help="untimed calls first [2]")
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     bench.set_defaults(func=command_bench)
 
@@ -270,37 +431,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--prompt", default="The ", help='text to start from ["The "]')
     generate.add_argument(
-        "-n", "--max-new-tokens", type=int, default=200, help="tokens to generate [200]"
-    )
+        "-n", "--max-new-tokens", type=_int_at_least(0), default=200,
+        help="tokens to generate [200]",
+    )  # fmt: skip
     generate.add_argument("--temperature", type=float, default=0.0, help="0 is greedy [0]")
     generate.add_argument("--top-k", type=int, help="sample from the k likeliest tokens")
     generate.add_argument("--top-p", type=float, help="sample from the smallest set with this mass")
-    generate.add_argument("--seed", type=int, help="makes sampling reproducible")
+    generate.add_argument("--seed", type=_int_at_least(0), help="makes sampling reproducible")
+    generate.add_argument(
+        "--prefill-chunk", type=_int_at_least(1), default=DEFAULT_PREFILL_CHUNK,
+        help=f"most prompt tokens per graph call; bounds memory [{DEFAULT_PREFILL_CHUNK}]",
+    )  # fmt: skip
     generate.add_argument("-q", "--quiet", action="store_true", help="no timing line")
     generate.set_defaults(func=command_generate)
+    for command in (run, bench, generate):
+        _global_flags(command, default=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Known before parsing, so that a command line argparse rejects is reported as asked.
+    as_json, debug = "--json" in argv, "--debug" in argv
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except (ValueError, ManifestError) as error:
-        if args.debug:
-            raise
-        print(f"favor-run: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(BAD_INPUT, str(error), as_json, debug)
     except KeyboardInterrupt:
-        return 130
+        return _fail(INTERRUPTED, "stopped by the user", as_json, debug=False)
     except Exception as error:  # last line of defence: no raw traceback without --debug
-        if args.debug:
-            raise
-        print(
-            f"favor-run: internal error: {type(error).__name__}: {error} (run with --debug)",
-            file=sys.stderr,
-        )
-        return 3
+        return _fail(INTERNAL_ERROR, f"{type(error).__name__}: {error}", as_json, debug)
     return 0
+
+
+FAILURES = {
+    BAD_INPUT: "error",
+    INTERNAL_ERROR: "internal error",
+    INTERRUPTED: "interrupted",
+}
+
+
+def _fail(code: int, message: str, as_json: bool, debug: bool) -> int:
+    """Report a failure in one line on stderr, and as JSON on stdout with ``--json``."""
+    if debug:
+        traceback.print_exc()
+    message = " ".join(message.splitlines())
+    if code == INTERNAL_ERROR and not debug:
+        message += " (run with --debug for the traceback)"
+    if as_json:
+        _print_json({"ok": False, "exit_code": code, "error": message})
+    print(f"favor-run: {FAILURES[code]}: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,47 +1,78 @@
 """``Generator``: streaming decode through a causal LM's stateful graph.
 
-The prompt goes through the graph in one call (prefill); every new token is one more call with
-``seq = 1``. Between calls the constant-size state stays in ONNX Runtime's own buffers (on the GPU
-with the CUDA provider) through IO binding, so decode cost does not grow with the context.
+The prompt goes through the graph in chunks of at most ``prefill_chunk`` tokens (prefill); every
+new token is one more call with ``seq = 1``. Between calls the constant-size state stays in ONNX
+Runtime's own buffers (on the GPU with the CUDA provider) through IO binding, so decode cost does
+not grow with the context, and neither does prefill memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
 from .sampling import check_sampling, sample_token
-from .session import NUMPY_DTYPES, Session
+from .session import NUMPY_DTYPES, Session, check_token_ids
+
+DEFAULT_PREFILL_CHUNK = 4096
 
 
 class Generator:
     """Token-by-token generation from one exported causal LM, one sequence at a time.
 
-    Several Generators may share one :class:`Session`: each keeps its own state.
+    ``prefill_chunk`` is the most prompt tokens fed to the graph in one call. The state has a
+    constant size, so a long prompt fed in chunks needs the memory of one chunk (activations and
+    ``prefill_chunk x vocabulary`` logits), whatever its length, and gives the same logits as
+    one call.
+
+    A Generator holds one sequence's state, so it serves one call at a time: a call made while
+    another is under way (from another thread, or while a :meth:`stream` is still open) raises
+    RuntimeError instead of mixing two sequences into one state. Give each thread its own
+    Generator; several Generators may share one :class:`Session`, each keeping its own state.
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
         if session.kind != "causal-lm":
             raise ValueError(f"Generator needs a causal LM export, got a {session.kind!r} model")
+        if not _is_int_at_least(prefill_chunk, 1):
+            raise ValueError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
         self.session = session
+        self.prefill_chunk = prefill_chunk
         self.tokens_input = session.inputs[0]
         self.logits_output = session.outputs[0].name
-        token_range = next(
-            (
-                e.get("range")
-                for e in session.manifest["inputs"]
-                if e["name"] == self.tokens_input.name
-            ),
-            None,
+        self.vocabulary = session.vocabularies.get(
+            self.tokens_input.name, (0, int(session.outputs[0].shape[-1]))
         )
-        self.vocab_size = int(token_range[1]) if token_range else int(session.outputs[0].shape[-1])
+        self.vocab_size = self.vocabulary[1]
         self._device = "cuda" if session.device == "cuda" else "cpu"
-        self.reset()
+        self._busy = threading.Lock()
+        self._reset()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # Non-blocking: a second caller waiting its turn would still find the state moved on by
+        # the first, so it is refused outright.
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                "this Generator is already in use (by another thread, or by a stream that is "
+                "still open): it holds one sequence's state; give each thread its own Generator "
+                "(they can share one Session)"
+            )
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     def reset(self) -> None:
         """Forget the sequence (and any failure): the next call starts from an empty state."""
+        with self._exclusive():
+            self._reset()
+
+    def _reset(self) -> None:
         self._state: dict[str, ort.OrtValue] | None = None
         self._failure: BaseException | None = None
         self.position = 0
@@ -53,14 +84,11 @@ class Generator:
         }
 
     def _check_tokens(self, tokens: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
+        """``tokens`` as the graph's ``(1, L)`` input, after checking they are token ids."""
         array = np.asarray(tokens)
         if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iu":
             raise ValueError(f"{what} must be a non-empty 1-D sequence of integer token ids")
-        bad = array[(array < 0) | (array >= self.vocab_size)]
-        if bad.size:
-            raise ValueError(
-                f"{what} holds token id {int(bad[0])}, outside the vocabulary [0, {self.vocab_size})"
-            )
+        check_token_ids(array, what, self.vocabulary)
         return array.astype(NUMPY_DTYPES[self.tokens_input.dtype])[None, :]
 
     def _call(self, tokens: np.ndarray) -> np.ndarray:
@@ -89,12 +117,23 @@ class Generator:
         self.position += tokens.shape[1]
         return logits
 
+    def _prefill(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed ``tokens (1, L)`` in chunks of ``prefill_chunk``; return the last logits ``(V,)``."""
+        for start in range(0, tokens.shape[1], self.prefill_chunk):
+            logits = self._call(tokens[:, start : start + self.prefill_chunk])
+        return logits[-1]
+
     def prefill(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         """Feed ``tokens`` after whatever came before; return the last position's logits ``(V,)``."""
-        return self._call(self._check_tokens(tokens, "tokens"))[-1]
+        with self._exclusive():
+            return self._prefill(self._check_tokens(tokens, "tokens"))
 
     def step(self, token: int) -> np.ndarray:
         """Feed one token; return the logits ``(V,)`` for the next one."""
+        with self._exclusive():
+            return self._step(token)
+
+    def _step(self, token: int) -> np.ndarray:
         return self._call(self._check_tokens([token], "token"))[-1]
 
     def stream(
@@ -111,8 +150,10 @@ class Generator:
     ) -> Iterator[int]:
         """Yield new token ids as they are chosen. Starts a fresh sequence from ``prompt_ids``.
 
-        ``temperature=0`` is greedy; ``seed`` makes sampling reproducible. Generation ends after
-        ``max_new_tokens`` or at a token in ``stop`` (which is not yielded).
+        ``temperature=0`` is greedy, and so is a temperature too small for the scaled logits to
+        fit in float64 (e.g. 1e-310), greedy being its limit; ``seed`` makes sampling
+        reproducible. Generation ends after ``max_new_tokens`` or at a token in ``stop`` (which
+        is not yielded). The Generator is busy until the stream ends or is closed.
 
         ``window`` is for models trained on fixed-length windows, which degrade on longer
         histories: once the state has taken in ``window`` tokens, it is rebuilt from the last
@@ -120,15 +161,9 @@ class Generator:
         trained on. ``None`` keeps the whole history in the state.
         """
         check_sampling(temperature, top_k, top_p)
-        if (
-            isinstance(max_new_tokens, bool)
-            or not isinstance(max_new_tokens, int)
-            or max_new_tokens < 0
-        ):
+        if not _is_int_at_least(max_new_tokens, 0):
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        if window is not None and (
-            isinstance(window, bool) or not isinstance(window, int) or window < 2
-        ):
+        if window is not None and not _is_int_at_least(window, 2):
             raise ValueError(f"window must be an integer >= 2 or None, got {window!r}")
         stops = {stop} if isinstance(stop, int) else set(stop or ())
         prompt = self._check_tokens(prompt_ids, "prompt_ids")
@@ -136,24 +171,31 @@ class Generator:
         if window is not None:
             prompt = prompt[:, -window:]
         rng = np.random.default_rng(seed)
-        self.reset()
-        logits = self._call(prompt)[-1]
-        for produced in range(max_new_tokens):
-            token = sample_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
-            if token in stops:
-                return
-            yield token
-            history.append(token)
-            if produced + 1 == max_new_tokens:
-                return
-            if window is not None and self.position >= window:
-                self.reset()
-                logits = self.prefill(history[-(window // 2) :])
-            else:
-                logits = self.step(token)
+        with self._exclusive():
+            self._reset()
+            logits = self._prefill(prompt)
+            for produced in range(max_new_tokens):
+                token = sample_token(
+                    logits, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng
+                )
+                if token in stops:
+                    return
+                yield token
+                history.append(token)
+                if produced + 1 == max_new_tokens:
+                    return
+                if window is not None and self.position >= window:
+                    self._reset()
+                    logits = self._prefill(self._check_tokens(history[-(window // 2) :], "history"))
+                else:
+                    logits = self._step(token)
 
     def generate(
         self, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int, **kwargs
     ) -> list[int]:
         """The new token ids, as a list: :meth:`stream` collected. Same arguments."""
         return list(self.stream(prompt_ids, max_new_tokens, **kwargs))
+
+
+def _is_int_at_least(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

@@ -23,10 +23,20 @@ def sample_token(
     top_p: float | None = None,
     rng: np.random.Generator | None = None,
 ) -> int:
-    """One token id from ``logits (V,)``. ``temperature == 0`` is greedy (argmax)."""
+    """One token id from ``logits (V,)``. ``temperature == 0`` is greedy (argmax).
+
+    A temperature so small that ``logits / temperature`` overflows float64 (e.g. 1e-310) is
+    greedy too: the distribution tends to the argmax as the temperature goes to 0, and top-k and
+    top-p always keep the argmax. Logits holding NaN are a ValueError.
+    """
+    if np.isnan(logits).any():
+        raise ValueError("logits hold NaN: the model's output is not a distribution")
     if temperature == 0:
         return int(np.argmax(logits))
-    scores = logits.astype(np.float64) / temperature
+    with np.errstate(over="ignore"):
+        scores = logits.astype(np.float64) / temperature
+    if not np.isfinite(scores.max()):
+        return int(np.argmax(logits))
     if top_k is not None and top_k < scores.size:
         cutoff = np.partition(scores, -top_k)[-top_k]
         scores = np.where(scores < cutoff, -np.inf, scores)

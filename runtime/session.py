@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import ManifestError, find_manifest, read_manifest
+from .manifest import ManifestError, export_files, find_manifest, read_manifest
 
 log = logging.getLogger("favor.runtime")
 
@@ -43,6 +43,9 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+# Kinds whose integer inputs with a manifest range are token ids, the range their vocabulary.
+# (A "module" export's range is only what validation drew values from.)
+VOCABULARY_KINDS = ("causal-lm", "encoder")
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class Session:
             raise ManifestError(
                 f"{self.manifest_path.name} lists no ONNX file (exported with --format torchscript?)"
             )
-        self.onnx_path = self.manifest_path.parent / self.manifest["files"]["onnx"]["path"]
+        self.onnx_path = export_files(self.manifest_path, self.manifest)["onnx"]
         if optimization not in OPTIMIZATION_LEVELS:
             raise ValueError(
                 f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}"
@@ -155,6 +158,11 @@ class Session:
         self.inputs = tuple(TensorInfo.from_json(e) for e in self.manifest["inputs"])
         self.outputs = tuple(TensorInfo.from_json(e) for e in self.manifest["outputs"])
         self.state = tuple((s["input"], s["output"]) for s in self.manifest["state"])
+        self.vocabularies: dict[str, tuple[int, int]] = {
+            e["name"]: tuple(e["range"])
+            for e in self.manifest["inputs"]
+            if "range" in e and self.kind in VOCABULARY_KINDS
+        }
         self._check_graph_matches_manifest()
 
     @property
@@ -191,9 +199,11 @@ class Session:
         return state
 
     def check_inputs(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
-        """Inputs as numpy arrays, checked for names, dtypes, ranks, fixed and shared dims.
+        """Inputs as numpy arrays, checked against the manifest before ONNX Runtime sees them.
 
-        Raises ValueError naming the input, what was expected and what was given.
+        Checked: names, dtypes, ranks, fixed dims, symbolic dims shared across inputs, and token
+        ids against the vocabulary. Raises ValueError naming the input, what was expected and what
+        was given.
         """
         expected = {t.name: t for t in self.inputs}
         unknown = sorted(set(feeds) - set(expected))
@@ -216,13 +226,13 @@ class Session:
                 raise ValueError(f"input {name!r} must be {info.dtype}, got {array.dtype}")
             if array.ndim != len(info.shape):
                 raise ValueError(
-                    f"input {name!r} must have rank {len(info.shape)} {_layout(info.shape)}, "
+                    f"input {name!r} must have rank {len(info.shape)} {layout(info.shape)}, "
                     f"got shape {array.shape}"
                 )
             for axis, (dim, size) in enumerate(zip(info.shape, array.shape, strict=True)):
                 if isinstance(dim, int) and dim != size:
                     raise ValueError(
-                        f"input {name!r} must have shape {_layout(info.shape)}: axis {axis} must be "
+                        f"input {name!r} must have shape {layout(info.shape)}: axis {axis} must be "
                         f"{dim}, got shape {array.shape}"
                     )
                 if isinstance(dim, str):
@@ -235,6 +245,8 @@ class Session:
                         raise ValueError(
                             f"input {name!r} has {dim}={size} but input {seen[1]!r} has {dim}={seen[0]}"
                         )
+            if name in self.vocabularies:
+                check_token_ids(array, f"input {name!r}", self.vocabularies[name])
             arrays[name] = array
         return arrays
 
@@ -258,5 +270,19 @@ class Session:
         self._session.run_with_iobinding(binding)
 
 
-def _layout(shape: Sequence[int | str]) -> str:
+def check_token_ids(ids: np.ndarray, what: str, vocabulary: tuple[int, int]) -> None:
+    """ValueError naming ``what`` and its first id outside ``vocabulary`` ``[low, high)``.
+
+    ONNX Gather reads a negative id from the end of the embedding table and rejects one past
+    the end only deep inside ONNX Runtime, so both are caught here.
+    """
+    low, high = vocabulary
+    if ids.size == 0 or (ids.min() >= low and ids.max() < high):
+        return
+    bad = ids[(ids < low) | (ids >= high)]
+    raise ValueError(f"{what} holds token id {int(bad[0])}, outside the vocabulary [{low}, {high})")
+
+
+def layout(shape: Sequence[int | str]) -> str:
+    """``(batch, seq)``: a manifest shape as messages show it."""
     return "(" + ", ".join(str(d) for d in shape) + ")"

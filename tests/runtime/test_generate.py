@@ -1,5 +1,9 @@
 """Generator: streaming decode with a carried state, against PyTorch."""
 
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +139,119 @@ def test_window_rebuilds_the_state_from_recent_tokens(lm_dir, tiny_lm):
 def test_window_must_be_at_least_two(lm_dir):
     with pytest.raises(ValueError, match="window must be an integer >= 2"):
         Generator(Session(lm_dir)).generate([1], 3, window=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"top_k": 5}, {"top_p": 0.9}], ids=["plain", "top_k", "top_p"]
+)
+def test_a_vanishing_temperature_is_greedy(lm_dir, kwargs):
+    generator = Generator(Session(lm_dir))
+    greedy = generator.generate([3, 1, 4], 10)
+    assert generator.generate([3, 1, 4], 10, temperature=1e-310, seed=0, **kwargs) == greedy
+
+
+def _blocking_session(lm_dir, monkeypatch):
+    """A Session whose graph calls wait on ``release`` after signalling ``entered``."""
+    session = Session(lm_dir)
+    entered, release = threading.Event(), threading.Event()
+    run = session.run_with_iobinding
+
+    def slow_run(binding):
+        entered.set()
+        assert release.wait(10)
+        run(binding)
+
+    monkeypatch.setattr(session, "run_with_iobinding", slow_run)
+    return session, entered, release
+
+
+CONCURRENT_CALLS = {
+    "generate": lambda g: g.generate([1, 2], 3),
+    "prefill": lambda g: g.prefill([1, 2]),
+    "step": lambda g: g.step(1),
+    "reset": lambda g: g.reset(),
+    "stream": lambda g: next(g.stream([1, 2], 3)),
+}
+
+
+@pytest.mark.parametrize("second", CONCURRENT_CALLS.values(), ids=CONCURRENT_CALLS.keys())
+def test_a_generator_used_from_two_threads_at_once_refuses_the_second(lm_dir, monkeypatch, second):
+    session, entered, release = _blocking_session(lm_dir, monkeypatch)
+    generator = Generator(session)
+    first = []
+    worker = threading.Thread(target=lambda: first.append(generator.generate([5, 6, 7], 4)))
+    worker.start()
+    try:
+        assert entered.wait(10)
+        with pytest.raises(RuntimeError, match="Generator is already in use"):
+            second(generator)
+    finally:
+        release.set()
+        worker.join()
+    monkeypatch.undo()
+    assert first == [Generator(session).generate([5, 6, 7], 4)]
+    assert generator.generate([5, 6, 7], 4) == first[0]  # free again once the first call ended
+
+
+def test_an_open_stream_holds_the_generator_until_it_ends(lm_dir):
+    generator = Generator(Session(lm_dir))
+    stream = generator.stream([1, 2, 3], 5)
+    next(stream)
+    with pytest.raises(RuntimeError, match="already in use"):
+        generator.step(4)
+    stream.close()
+    generator.step(4)
+
+
+PREFILL_CHUNK = 5
+
+
+@pytest.mark.parametrize(
+    "length",
+    [1, PREFILL_CHUNK - 1, PREFILL_CHUNK, PREFILL_CHUNK + 1, 2 * PREFILL_CHUNK + 3],
+    ids=["1", "C-1", "C", "C+1", "2C+3"],
+)
+def test_chunked_prefill_matches_one_shot_prefill(lm_dir, length):
+    session = Session(lm_dir)
+    chunked, whole = Generator(session, prefill_chunk=PREFILL_CHUNK), Generator(session)
+    prompt = np.random.default_rng(length).integers(0, 30, length)
+    np.testing.assert_allclose(chunked.prefill(prompt), whole.prefill(prompt), rtol=1e-5, atol=1e-5)
+    assert chunked.position == whole.position == length
+    assert chunked.generate(prompt, 8) == whole.generate(prompt, 8)
+
+
+@pytest.mark.parametrize("chunk", [0, -3, 2.5, True], ids=["zero", "negative", "float", "bool"])
+def test_prefill_chunk_must_be_a_positive_integer(lm_dir, chunk):
+    with pytest.raises(ValueError, match="prefill_chunk must be a positive integer"):
+        Generator(Session(lm_dir), prefill_chunk=chunk)
+
+
+# The child's own peak resident memory. ru_maxrss would not do: it starts from the pytest
+# process's resident size at fork time (torch included), which hides the child's own peak.
+PEAK_RSS = r"""
+import re, sys
+import numpy as np
+from favor.runtime import Generator, Session
+generator = Generator(Session(sys.argv[1], providers="cpu", threads=1))
+generator.prefill(np.arange(int(sys.argv[2])) % 30)
+with open("/proc/self/status") as status:
+    print(re.search(r"VmHWM:\s*(\d+) kB", status.read())[1])
+"""
+
+
+def _peak_rss_kib(export_dir, length):
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(export_dir), str(length)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_long_prompt_is_prefilled_in_bounded_memory(lm_dir):
+    # Fed in one call, 100k tokens took 6x the peak memory of 4k tokens on this model.
+    short, long = _peak_rss_kib(lm_dir, 4096), _peak_rss_kib(lm_dir, 100_000)
+    assert long <= 1.5 * short, f"peak RSS {long} KiB at 100k tokens, {short} KiB at 4k"

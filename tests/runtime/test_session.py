@@ -77,6 +77,14 @@ BAD_FEEDS = {
         lambda f: f | {"tokens": np.zeros((2, 0), np.int64)},
         r"axis 1 \(seq\) must be >= 1",
     ),
+    "negative-token": (
+        lambda f: f | {"tokens": np.array([[1, 2, 3, 4, 5], [1, 2, -1, 4, 5]])},
+        r"input 'tokens' holds token id -1, outside the vocabulary \[0, 30\)",
+    ),
+    "token-past-vocabulary": (
+        lambda f: f | {"tokens": np.full((2, 5), 30)},
+        r"input 'tokens' holds token id 30, outside the vocabulary \[0, 30\)",
+    ),
 }
 
 
@@ -158,6 +166,15 @@ def test_concurrent_runs_match_sequential_runs(lm_dir):
         t.join()
     for got, want in zip(results, sequential, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("token", [-1, 30], ids=["negative", "past-vocabulary"])
+def test_encoder_tokens_are_checked_against_the_vocabulary(encoder_dir, token):
+    session = Session(encoder_dir)
+    tokens = np.ones((1, 4), np.int64)
+    tokens[0, 2] = token
+    with pytest.raises(ValueError, match=f"input 'tokens' holds token id {token}"):
+        session.run(tokens=tokens, key_padding_mask=np.zeros((1, 4), bool))
 
 
 def test_encoder_session_runs_with_a_padding_mask(encoder_dir):
