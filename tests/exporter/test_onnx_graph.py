@@ -1,11 +1,20 @@
 """Properties of the exported graph itself."""
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
+from onnx import helper
+from torch import nn
 
 from favor.exporter import ExportError, export
-from favor.exporter.onnx_graph import FORBIDDEN_OPS, onnxruntime_limits
+from favor.exporter.onnx_graph import (
+    EXPORTERS,
+    FORBIDDEN_OPS,
+    onnxruntime_limits,
+    split_sizes_as_input,
+)
 from favor.exporter.specs import TensorSpec
 from tests.exporter.custom_models import UsesQR, UsesRandom
 
@@ -118,3 +127,111 @@ def test_learnable_projection_is_folded_into_one_constant_matching_training_time
     got = session.run(None, {n: t.numpy() for n, t in feeds.items()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, lm(tokens).numpy(), rtol=1e-4, atol=1e-5)
+
+
+class Glu(nn.Module):
+    """``torch.chunk`` into two halves of the feature axis."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = x.chunk(2, dim=-1)
+        return value * torch.sigmoid(gate)
+
+
+class FusedQkv(nn.Module):
+    """``torch.split`` into equal parts, as a fused query/key/value projection is."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = x.split(4, dim=-1)
+        return q * k + v
+
+
+class UnevenSplit(nn.Module):
+    """``torch.split`` of 12 features by 5 (5, 5, 2), reassembled in reverse order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = x.split(5, dim=-1)
+        return torch.cat([c, b * 2, a], dim=-1)
+
+
+class SizedSplit(nn.Module):
+    """``torch.split`` with explicit sizes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.split([3, 9], dim=-1)
+        return torch.cat([b, a.exp()], dim=-1)
+
+
+class Unbind(nn.Module):
+    """``torch.unbind`` of a fixed axis of size 3."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = x.unbind(-1)
+        return a * b + c
+
+
+SPLITTING = [
+    pytest.param(Glu(), "x:batch,seq,12:float32", id="chunk"),
+    pytest.param(FusedQkv(), "x:batch,seq,12:float32", id="split-equal"),
+    pytest.param(UnevenSplit(), "x:batch,seq,12:float32", id="split-uneven"),
+    pytest.param(SizedSplit(), "x:batch,seq,12:float32", id="split-sizes"),
+    pytest.param(Unbind(), "x:batch,seq,3:float32", id="unbind"),
+]
+
+
+def _num_outputs_splits(model: onnx.ModelProto) -> list[str]:
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Split" and any(a.name == "num_outputs" for a in n.attribute)
+    ]
+
+
+@pytest.mark.parametrize("opset", [17, 18], ids=["opset17", "opset18"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize(("module", "declared"), SPLITTING)
+def test_splitting_modules_export_and_match_pytorch(module, declared, exporter, opset, tmp_path):
+    result = export(
+        module, tmp_path, exporter=exporter, opset=opset, inputs=[declared], formats="onnx"
+    )
+    assert result.report.passed, result.report.table()
+    model = onnx.load(str(result.onnx_path))
+    assert model.opset_import[0].version == opset
+    if opset < 18:
+        assert _num_outputs_splits(model) == []
+
+
+def _split_graph(dims: list, parts: int, opset: int) -> onnx.ModelProto:
+    """``x -> Split(x, axis=1, num_outputs=parts)``, declared at ``opset``."""
+    outputs = [f"part_{i}" for i in range(parts)]
+    graph = helper.make_graph(
+        [helper.make_node("Split", ["x"], outputs, name="split", axis=1, num_outputs=parts)],
+        "split",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, dims)],
+        [
+            helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, [2, f"{o}_dim", 3])
+            for o in outputs
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+@pytest.mark.parametrize("axis_dim", ["fixed", "symbolic"])
+@pytest.mark.parametrize(
+    ("size", "parts", "sizes"),
+    [(8, 2, [4, 4]), (7, 2, [4, 3]), (7, 3, [3, 3, 1]), (12, 4, [3, 3, 3, 3])],
+    ids=["8-by-2", "7-by-2", "7-by-3", "12-by-4"],
+)
+def test_num_outputs_split_becomes_opset_13_split_with_the_same_parts(size, parts, sizes, axis_dim):
+    x = np.arange(2 * size * 3, dtype=np.float32).reshape(2, size, 3)
+    dims = [2, size if axis_dim == "fixed" else "n", 3]
+    want = ort.InferenceSession(_split_graph(dims, parts, 18).SerializeToString()).run(
+        None, {"x": x}
+    )
+    model = _split_graph(dims, parts, 17)
+    split_sizes_as_input(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert _num_outputs_splits(model) == []
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    assert [part.shape[1] for part in got] == sizes
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
