@@ -23,6 +23,7 @@ from favor.ops.features import DATA_DEPENDENT_KERNELS
 from favor.runtime.manifest import FORMAT, FORMAT_VERSION, sha256_file
 
 from .specs import ModelSpec, StateSpec, TensorSpec
+from .torchscript import archive_call
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
@@ -87,7 +88,8 @@ def build_manifest(
     entries carry their own dtypes. ``fused_attention`` says the ONNX graph runs causal
     attention as ONNX Runtime's ``LinearAttention`` op (:mod:`.linear_attention`).
     ``quantization`` is :meth:`.quantize.QuantizedGraph.to_json` for an int8 ONNX graph (the
-    TorchScript archive stays float), None otherwise.
+    TorchScript archive stays float), None otherwise. ``"torchscript"`` says how the archive is
+    called (:func:`.torchscript.archive_call`), None without one.
     """
     inputs = {t.name: t for t in spec.inputs}
     return {
@@ -117,6 +119,7 @@ def build_manifest(
             }
             for s in spec.states
         ],
+        "torchscript": archive_call(spec) if "torchscript" in files else None,
         "sequence_dim": spec.sequence_dim,
         "chunk_size": spec.chunk_size,
         "attention": attention_layers(model),

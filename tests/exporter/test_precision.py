@@ -223,7 +223,7 @@ def test_bfloat16_torchscript_validates_against_the_float32_model(lm_checkpoint,
     scripted = torch.jit.load(str(result.torchscript_path))
     tokens = torch.randint(0, VOCAB, (1, 5))
     state = [torch.zeros(1, dtype=torch.int64)] + [torch.zeros(1, 2, 16, 17) for _ in range(2)]
-    logits, _, *new_state = scripted(tokens, *state)
+    logits, (_, *new_state) = scripted(tokens, state, return_state=True)
     assert logits.dtype == torch.bfloat16 and all(s.dtype == torch.float32 for s in new_state)
 
 
