@@ -7,6 +7,7 @@ exported from its ``--input`` declarations, with its outputs flattened into a tu
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from favor.ops import FavorAttention
 from favor.ops.models import PerformerEncoder, PerformerLM
 
 from .errors import ExportError
-from .specs import ModelSpec, StateSpec, TensorSpec, declared_spec
+from .specs import ModelSpec, StateSpec, TensorSpec, declared_spec, infer_value_ranges
 
 
 # Wrappers keep the user's model as ``.model``, so error messages can name submodules by the
@@ -141,6 +142,7 @@ def exportable(model: nn.Module, declared_inputs: list[str]) -> tuple[nn.Module,
     probe = declared_spec(declared_inputs, ("output",))
     try:
         with torch.no_grad():
+            probe = infer_value_ranges(wrapped, probe)
             outputs = flatten_outputs(wrapped(*probe.example()))
     except ExportError:
         raise
@@ -150,4 +152,4 @@ def exportable(model: nn.Module, declared_inputs: list[str]) -> tuple[nn.Module,
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         ) from error
     names = ("output",) if len(outputs) == 1 else tuple(f"output_{i}" for i in range(len(outputs)))
-    return wrapped, declared_spec(declared_inputs, names)
+    return wrapped, dataclasses.replace(probe, output_names=names)

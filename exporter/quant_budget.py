@@ -40,6 +40,14 @@ class ParityBudget:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def text(self) -> str:
+        """The budget in one line, for the validation table."""
+        return (
+            f"relative RMS error <= {self.rel_rms:g}; for logits mean KL <= {self.kl:g} nats "
+            f"and top-1 agreement >= {self.top1:.0%} where PyTorch's top logit leads by > "
+            f"{self.top1_margin:g}"
+        )
+
 
 # Chosen from measurements (README "Quantization"; int8 per-channel weights, 2-core AVX-512 VNNI
 # CPU). Worst over the validation sweep: rel_rms 0.025 on logits (random test encoder), 0.039
@@ -81,6 +89,19 @@ def logits_metrics(got: np.ndarray, want: np.ndarray, margin: float) -> dict[str
     return {"kl": max(kl, 0.0), "top1": top1, "top1_positions": int(decisive.sum())}
 
 
+def first_nonfinite(got: np.ndarray, want: np.ndarray) -> str:
+    """Where PyTorch's output ``want``, or else ``got``, first holds a NaN or inf; "" if nowhere.
+
+    Both arrays have the same shape; the index is over all of it, e.g. ``(0, 3, 17)``.
+    """
+    for array, whose in ((want, "PyTorch's output"), (got, "the exported output")):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            return f"non-finite {array[index]} in {whose} at index {index}"
+    return ""
+
+
 def check_budget(
     got: np.ndarray, want: np.ndarray, name: str, budget: ParityBudget
 ) -> BudgetResult:
@@ -89,13 +110,15 @@ def check_budget(
         note = f"(shape {got.shape} != {want.shape})"
         return BudgetResult(math.inf, math.inf, False, note, {})
     got64, want64 = got.astype(np.float64), want.astype(np.float64)
-    diff = np.abs(got64 - want64)
-    max_abs = float(np.nan_to_num(diff, nan=math.inf).max(initial=0.0))
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite values fail below, by name
+        diff = np.nan_to_num(got64 - want64, nan=math.inf)
+        max_abs = float(np.abs(diff).max(initial=0.0))
+        norm = float(np.linalg.norm(want64))
+        error = float(np.linalg.norm(diff))
     scale = float(np.abs(want64).max(initial=0.0))
-    norm = float(np.linalg.norm(want64))
-    error = float(np.linalg.norm(np.nan_to_num(got64 - want64, nan=math.inf)))
     metrics = {"rel_rms": error / norm if norm > 0 else error}
-    if name in LOGITS_OUTPUTS and want.ndim >= 1 and np.isfinite(got64).all():
+    nonfinite = first_nonfinite(got64, want64)
+    if name in LOGITS_OUTPUTS and want.ndim >= 1 and not nonfinite:
         metrics |= logits_metrics(got64, want64, budget.top1_margin)
     misses = [
         f"{key} {metrics[key]:.3g} {'<' if key == 'top1' else '>'} {limit:.3g}"
@@ -103,8 +126,8 @@ def check_budget(
         if key in metrics
         and not (metrics[key] >= limit if key == "top1" else metrics[key] <= limit)
     ]
-    if name in LOGITS_OUTPUTS and "kl" not in metrics:
-        misses.append("non-finite logits")
+    if nonfinite:
+        misses.append(nonfinite)
     summary = ", ".join(
         f"{key} {value:.2g}" if key != "top1" else f"top1 {value:.1%}"
         for key, value in metrics.items()

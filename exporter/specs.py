@@ -3,14 +3,18 @@
 One :class:`ModelSpec` drives everything downstream: the example inputs for tracing, the dynamic
 axes, the validation sweep and the manifest. The reference models in :mod:`favor.ops.models`
 have built-in specs; any other module declares its inputs with ``NAME:DIMS:DTYPE`` strings.
+An integer input's value range comes from its declaration or from the ``nn.Embedding`` that
+reads it (:func:`infer_value_ranges`); validation never guesses one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from .errors import ExportError
 
@@ -35,14 +39,20 @@ class TensorSpec:
 
     ``sampler`` says how validation fills it: random ``data`` (integers from ``[low, high)``),
     ``zeros`` (an empty recurrent state), or a ``padding-mask`` (True at trailing positions).
+    ``high`` is None while an integer input's range is unknown: it cannot be sampled then.
     """
 
     name: str
     dims: tuple[int | str, ...]
     dtype: str
     low: int = 0
-    high: int = 2
+    high: int | None = None
     sampler: str = "data"
+
+    @property
+    def integer_data(self) -> bool:
+        """Random integers, e.g. token ids: the input whose values need a range."""
+        return self.sampler == "data" and self.dtype.startswith("int")
 
     def shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
         return tuple(d if isinstance(d, int) else sizes[d] for d in self.dims)
@@ -60,11 +70,16 @@ class TensorSpec:
             return (torch.randn(shape, generator=generator) * 0.5).to(dtype)
         if dtype == torch.bool:
             return torch.randint(0, 2, shape, generator=generator).to(dtype)
+        if self.high is None:
+            raise ExportError(
+                f"integer input {self.name!r} has no value range to draw from: declare it as "
+                f"{self.name}:DIMS:{self.dtype}:LOW..HIGH"
+            )
         return torch.randint(self.low, self.high, shape, generator=generator, dtype=dtype)
 
     def to_json(self) -> dict:
         entry: dict = {"name": self.name, "dtype": self.dtype, "shape": list(self.dims)}
-        if self.dtype.startswith("int") and self.sampler == "data":
+        if self.integer_data and self.high is not None:
             entry["range"] = [self.low, self.high]
         return entry
 
@@ -111,7 +126,8 @@ def parse_input_spec(text: str) -> tuple[TensorSpec, dict[str, int]]:
 
     A dim is a size (``256``), a symbolic name (``seq``), or a name with the example size to
     trace at (``seq=64``). Integer inputs may give the range their values are drawn from for
-    validation (``tokens:batch,seq:int64:0..1000``). Returns the spec and the example sizes.
+    validation (``tokens:batch,seq:int64:0..1000``); without one it stays unknown (``high``
+    None) for :func:`infer_value_ranges`. Returns the spec and the example sizes.
     """
     hint = f"--input {text!r} must look like NAME:DIMS:DTYPE, e.g. x:batch,seq=64,256:float32"
     parts = text.split(":")
@@ -136,7 +152,7 @@ def parse_input_spec(text: str) -> tuple[TensorSpec, dict[str, int]]:
                 examples[symbol] = int(example)
         else:
             raise ExportError(f"{hint}: cannot read dim {item!r}")
-    low, high = 0, 2
+    low, high = 0, None
     if len(parts) == 4:
         match = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", parts[3])
         if not match or not dtype.startswith("int") or int(match[1]) >= int(match[2]):
@@ -172,3 +188,78 @@ def declared_spec(texts: list[str], output_names: tuple[str, ...]) -> ModelSpec:
         {s: 2 * examples[s] + 1 for s in symbols},
     )
     return ModelSpec("module", tuple(specs), output_names, examples, sweep)
+
+
+def embedding_ranges(model: nn.Module, spec: ModelSpec) -> dict[str, tuple[int, int]]:
+    """``{input: (0, num_embeddings)}`` for each integer input an ``nn.Embedding`` reads directly.
+
+    Runs ``model`` once on ``spec``'s example with every integer input at its lowest value (0
+    where undeclared, a valid id for any embedding), and matches each embedding's index tensor
+    to the input whose storage it shares, so views and reshapes of an input count too. An input
+    that several embeddings read gets the smallest range. A TorchScript module's submodules are
+    no ``nn.Embedding``: it yields nothing.
+    """
+    if not any(t.integer_data for t in spec.inputs):
+        return {}
+    lowest = tuple(
+        dataclasses.replace(t, high=t.low + 1) if t.integer_data else t for t in spec.inputs
+    )
+    inputs = dataclasses.replace(spec, inputs=lowest).example()
+    storages = {
+        x.untyped_storage().data_ptr(): t.name
+        for t, x in zip(spec.inputs, inputs, strict=True)
+        if t.integer_data
+    }
+    rows: dict[str, int] = {}
+
+    def note_reader(embedding: nn.Embedding, args: tuple, kwargs: dict) -> None:
+        ids = args[0] if args else kwargs.get("input")
+        name = storages.get(ids.untyped_storage().data_ptr()) if torch.is_tensor(ids) else None
+        if name is not None:
+            rows[name] = min(rows.get(name, embedding.num_embeddings), embedding.num_embeddings)
+
+    hooks = [
+        sub.register_forward_pre_hook(note_reader, with_kwargs=True)
+        for sub in model.modules()
+        if isinstance(sub, nn.Embedding)
+    ]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: (0, size) for name, size in rows.items()}
+
+
+def with_value_ranges(spec: ModelSpec, ranges: dict[str, tuple[int, int]]) -> ModelSpec:
+    """``spec`` with the inputs named in ``ranges`` drawn from ``[low, high)``."""
+    inputs = tuple(
+        dataclasses.replace(t, low=ranges[t.name][0], high=ranges[t.name][1])
+        if t.name in ranges
+        else t
+        for t in spec.inputs
+    )
+    return dataclasses.replace(spec, inputs=inputs)
+
+
+def infer_value_ranges(model: nn.Module, spec: ModelSpec) -> ModelSpec:
+    """``spec`` with each undeclared integer range taken from the embedding reading the input.
+
+    Validation on a guessed range would check almost nothing (ids 0 and 1 of a 32000-row
+    embedding), so an integer input that no embedding reads directly must declare its range:
+    an :class:`ExportError` says so.
+    """
+    missing = [t for t in spec.inputs if t.integer_data and t.high is None]
+    if not missing:
+        return spec
+    found = embedding_ranges(model, spec)
+    for tensor in missing:
+        if tensor.name not in found:
+            raise ExportError(
+                f"integer input {tensor.name!r} is declared without a value range, and no "
+                "nn.Embedding of the model reads it directly: declare the range its values "
+                f"take, e.g. --input {tensor.name}:{','.join(map(str, tensor.dims))}:"
+                f"{tensor.dtype}:0..1000"
+            )
+    return with_value_ranges(spec, {t.name: found[t.name] for t in missing})

@@ -1,11 +1,18 @@
-"""favor.exporter.export on models whose kernels carry calibrated parameters."""
+"""favor.exporter.export on calibrated models; validate_export trusts nothing in the export."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
-from favor.exporter import export, save_checkpoint
+from favor.exporter import export, save_checkpoint, validate_export
+from favor.exporter.cli import validate_command
+from favor.exporter.quant_budget import INT8_BUDGET
 from favor.ops.calibration import calibrating
 from favor.ops.models import PerformerLM
+from tests.exporter.conftest import VOCAB
 
 
 @pytest.mark.parametrize("calibrate", [False, True], ids=["uncalibrated", "calibrated"])
@@ -28,3 +35,45 @@ def test_causal_saderf_lm_exports_with_its_calibration(calibrate, tmp_path):
     reloaded = torch.load(checkpoint, weights_only=True)["state_dict"]
     stats = [v for k, v in reloaded.items() if k.endswith("calibration.counts")]
     assert len(stats) == 2 and all(bool((s > 0).all()) == calibrate for s in stats)
+
+
+def _tamper(manifest_path: Path) -> None:
+    """Loosen every tolerance and budget the manifest records until anything would pass."""
+    manifest = json.loads(manifest_path.read_text())
+    loose = {"rel_rms": 1e9, "kl": 1e9, "top1": 0.0, "top1_margin": 1e9}
+    manifest["validation"] |= {"atol": 1e9, "rtol": 1e9}
+    if manifest["quantization"] is not None:
+        manifest["quantization"]["budget"] = manifest["validation"]["budget"] = loose
+    manifest_path.write_text(json.dumps(manifest))
+
+
+# The export's options, and the line of favor-validate's report that says what held it.
+EXPORTS = {
+    "float32": ({}, "tolerances: |got - want| <= atol + rtol |want|; float32 atol 0.0001, rtol 0.0001"),
+    # ONNX only: the int8 graph is all there is, so its budget alone decides.
+    "int8": ({"quantize": "int8", "formats": "onnx"}, "int8 graph held to its budget: relative RMS error <= 0.1;"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("options", "held_to"), EXPORTS.values(), ids=EXPORTS.keys())
+def test_favor_validate_holds_a_different_model_to_its_own_tolerances(
+    options, held_to, lm_checkpoint, tmp_path
+):
+    out = export(lm_checkpoint, tmp_path / "export", exporter="torchscript", **options).output_dir
+    _tamper(out / "lm.manifest.json")
+    torch.manual_seed(5)  # the same architecture, other weights
+    other = save_checkpoint(PerformerLM(VOCAB, 32, 2, 2, nb_features=16, chunk_size=8),
+                            tmp_path / "other.pt")  # fmt: skip
+
+    same = CliRunner().invoke(validate_command, [str(out), str(lm_checkpoint)])
+    assert same.exit_code == 0, same.output
+    assert held_to in same.stderr
+    swapped = CliRunner().invoke(validate_command, [str(out), str(other), "--json"])
+    assert swapped.exit_code == 1, swapped.output
+    validation = json.loads(swapped.stdout)["validation"]
+    assert not validation["passed"]
+    if "quantize" in options:
+        assert validation["budget"] == INT8_BUDGET.to_json()
+    else:
+        assert validation["tolerances"]["float32"] == {"atol": 1e-4, "rtol": 1e-4}
+    assert not validate_export(other, out).passed
