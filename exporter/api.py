@@ -8,18 +8,18 @@ from pathlib import Path
 
 from torch import nn
 
-from favor.runtime.manifest import ManifestError, find_manifest, read_manifest
+from favor.runtime.manifest import ManifestError, export_files, find_manifest, read_manifest
 
 from .checkpoint import LoadedModel, load_model
 from .errors import ExportError, MissingKernelError, ValidationError
-from .files import prepare_output_dir, publish, staging_dir
+from .files import check_targets, output_directory, publish, staging_dir, writing
 from .known_models import exportable
 from .manifest import build_manifest, dumps, spec_from_manifest, uncalibrated_causal_layers
 from .onnx_graph import EXPORTERS, build_onnx, check_opset, describe_outputs, save_onnx
 from .precision import budget, cast_model, cast_spec, float32_paths, parse_dtype
-from .quant_budget import ParityBudget
-from .quantize import QuantizedGraph, int8_settings, parse_quantize, quantize_int8
-from .specs import ModelSpec
+from .quant_budget import INT8_BUDGET, ParityBudget
+from .quantize import INT8_SCHEMES, QuantizedGraph, int8_settings, parse_quantize, quantize_int8
+from .specs import ModelSpec, embedding_ranges, with_value_ranges
 from .torchscript import build_torchscript
 from .validation import ValidationReport, validate
 
@@ -119,8 +119,10 @@ def export(
 
     Writes ``<name>.onnx``, ``<name>.torchscript.pt`` and ``<name>.manifest.json`` into
     ``output_dir`` (default: beside the input file). Files appear only when everything,
-    validation included, succeeded. Raises :class:`ExportError` for bad input and
-    :class:`ValidationError` when the exported files do not match PyTorch.
+    validation included, succeeded, and all at once: a failure leaves ``output_dir`` as it was
+    (a previous export of the same name intact), or absent if it was created. Raises
+    :class:`ExportError` for bad input and :class:`ValidationError` when the exported files do
+    not match PyTorch.
 
     ``dtype`` (``float32``, ``float16``, ``bfloat16``, or ``fp32``/``fp16``/``bf16``) casts the
     weights and float inputs; attention internals and state stay float32, and validation holds
@@ -159,6 +161,8 @@ def export(
     name = name or (source_path.stem if source_path else type(loaded.module).__name__.lower())
     if not name or "/" in name or name.startswith("."):
         raise ExportError(f"name {name!r} cannot be used as a file name")
+    names = _file_names(name)
+    check_targets([Path(output_dir) / n for n in names.values()], source_path)
     reference, spec = exportable(loaded.module, list(inputs))
     module, spec = cast_model(reference, dtype), cast_spec(spec, dtype)
     if dtype != "float32":
@@ -179,11 +183,10 @@ def export(
     ]
     for note in notes:
         say("warning", note)
-    out = prepare_output_dir(Path(output_dir))
     dims, dtypes = describe_outputs(module, spec)
     quantized: QuantizedGraph | None = None
     float_onnx: Path | None = None  # an int8 export's float graph: validated, never published
-    with staging_dir(out) as stage:
+    with output_directory(Path(output_dir)) as out, staging_dir(out) as stage:
         files: dict[str, Path] = {}
         if "onnx" in chosen_formats:
             say("export", f"ONNX opset {opset} with torch's {chosen_exporter} exporter")
@@ -192,26 +195,29 @@ def export(
                 fused_attention=fused_attention,
             )  # fmt: skip
             say("check", "onnx.checker (full check) and shape inference")
-            onnx_name = f"{name}.float32.onnx" if quantize else f"{name}.onnx"
-            written = save_onnx(graph, stage / onnx_name, external_data=external_data)
+            onnx_name = f"{name}.float32.onnx" if quantize else names["onnx"]
+            with writing(out / onnx_name):
+                written = save_onnx(graph, stage / onnx_name, external_data=external_data)
             if quantize:
                 float_onnx, quantized = stage / written[0], quantize_int8(graph, module, settings)
                 say("quantize", quantized.summary())
-                written = save_onnx(
-                    quantized.model, stage / f"{name}.onnx", external_data=external_data
-                )
+                with writing(out / names["onnx"]):
+                    written = save_onnx(
+                        quantized.model, stage / names["onnx"], external_data=external_data
+                    )
             files["onnx"] = stage / written[0]
             if len(written) > 1:
                 files["onnx_data"] = stage / written[1]
         if "torchscript" in chosen_formats:
             say("trace", "TorchScript")
-            build_torchscript(module, spec, stage / f"{name}.torchscript.pt")
-            files["torchscript"] = stage / f"{name}.torchscript.pt"
+            with writing(out / names["torchscript"]):
+                build_torchscript(module, spec, stage / names["torchscript"])
+            files["torchscript"] = stage / names["torchscript"]
         report = None
         if validate_outputs:
             report = _validate(
                 reference, spec, files, atol, rtol, dtype, say,
-                quantization=quantized.to_json() if quantized else None, float_onnx=float_onnx,
+                budget=quantized.settings.budget if quantized else None, float_onnx=float_onnx,
             )  # fmt: skip
         manifest = _manifest(
             name,
@@ -227,8 +233,9 @@ def export(
             fused_attention,
             quantized.to_json() if quantized else None,
         )
-        manifest_name = f"{name}.manifest.json"
-        (stage / manifest_name).write_bytes(dumps(manifest))
+        manifest_name = names["manifest"]
+        with writing(out / manifest_name):
+            (stage / manifest_name).write_bytes(dumps(manifest))
         if report is not None and not report.passed:
             raise ValidationError(
                 "the exported model does not match PyTorch; nothing was written", report
@@ -245,18 +252,28 @@ def export(
     )
 
 
+def _file_names(name: str) -> dict[str, str]:
+    """The files an export named ``name`` may publish, by role."""
+    return {
+        "onnx": f"{name}.onnx",
+        "onnx_data": f"{name}.onnx.data",  # save_onnx's name for external data
+        "torchscript": f"{name}.torchscript.pt",
+        "manifest": f"{name}.manifest.json",
+    }
+
+
 def _validate(
     reference: nn.Module, spec: ModelSpec, files, atol, rtol, dtype: str, say: Progress,
-    *, quantization: dict | None = None, float_onnx: Path | None = None,
+    *, budget: ParityBudget | None = None, float_onnx: Path | None = None,
 ) -> ValidationReport:  # fmt: skip
     """Validate the written files against ``reference``, the float32 model for half exports.
 
-    With ``quantization`` (the manifest's entry) ``files["onnx"]`` is an int8 graph, held to
-    the entry's parity budget; ``float_onnx``, the graph it was quantized from (only at export
-    time), gets the usual elementwise checks.
+    With ``budget`` ``files["onnx"]`` is an int8 graph, held to that parity budget;
+    ``float_onnx``, the graph it was quantized from (only at export time), gets the usual
+    elementwise checks.
     """
     onnx_path, quantized_path = files.get("onnx"), None
-    if quantization is not None:
+    if budget is not None:
         onnx_path, quantized_path = float_onnx, onnx_path
     try:
         report = validate(
@@ -264,7 +281,7 @@ def _validate(
             onnx_path=onnx_path, torchscript_path=files.get("torchscript"),
             atol=atol, rtol=rtol, progress=lambda message: say("validate", message),
             upcast_inputs=dtype != "float32", quantized_onnx_path=quantized_path,
-            budget=ParityBudget(**quantization["budget"]) if quantization else None,
+            budget=budget,
         )  # fmt: skip
     except MissingKernelError as error:
         if dtype != "bfloat16":
@@ -274,10 +291,7 @@ def _validate(
             "--format torchscript, or --no-validate to write the ONNX graph unvalidated"
         ) from None
     if dtype != "float32":
-        report.reference = (
-            f"{dtype} export against the float32 PyTorch model: "
-            f"|got - want| <= {atol:g} + {rtol:g} |want|"
-        )
+        report.reference = f"{dtype} export against the float32 PyTorch model"
     return report
 
 
@@ -307,8 +321,12 @@ def validate_export(
 ) -> ValidationReport:
     """Re-run export-time validation of an existing export against ``model``.
 
-    Checks the manifest's sha256 of every file first; uses the manifest's tolerances unless
-    ``atol``/``rtol`` are given. Returns the report; it does not raise on a mismatch.
+    Checks the manifest's sha256 of every file first. Nothing the check depends on is read
+    from the export under test: tolerances are ``atol``/``rtol`` or the project's defaults for
+    the recorded dtype (:func:`.precision.budget`), an int8 graph is held to the budget of the
+    recorded scheme (:data:`.quantize.INT8_SCHEMES`), and integer inputs are drawn over the
+    whole range of the model's embedding that reads them. Returns the report; it does not
+    raise on a mismatch.
     """
     say = progress or _silent
     try:
@@ -318,26 +336,26 @@ def validate_export(
     except ManifestError as error:
         raise ExportError(str(error)) from None
     loaded, _ = _load(model, allow_modules, trust_pickle)
-    spec = spec_from_manifest(manifest)
     dtype = manifest.get("dtype", "float32")  # manifests from before --dtype are float32
     declared = (
         [_declaration(i, dtype) for i in manifest["inputs"]] if manifest["kind"] == "module" else []
     )
-    module, _ = exportable(loaded.module, declared)
-    stored = manifest.get("validation") or {}
-    files = {
-        role: manifest_path.parent / entry["path"] for role, entry in manifest["files"].items()
-    }
+    module, model_spec = exportable(loaded.module, declared)
+    spec = with_value_ranges(spec_from_manifest(manifest), embedding_ranges(module, model_spec))
+    files = export_files(manifest_path, manifest)
     default_atol, default_rtol = budget(dtype)
-    atol = _first_given(atol, stored.get("atol"), default_atol)
-    rtol = _first_given(rtol, stored.get("rtol"), default_rtol)
+    quantization = manifest.get("quantization")
     return _validate(
-        module, spec, files, atol, rtol, dtype, say, quantization=manifest.get("quantization")
-    )
+        module, spec, files,
+        default_atol if atol is None else atol, default_rtol if rtol is None else rtol,
+        dtype, say, budget=None if quantization is None else _int8_budget(quantization),
+    )  # fmt: skip
 
 
-def _first_given(*values: float | None) -> float | None:
-    return next((v for v in values if v is not None), None)
+def _int8_budget(quantization: dict) -> ParityBudget:
+    """The project's budget for the int8 scheme the manifest names, never one stored in it."""
+    settings = INT8_SCHEMES.get(quantization.get("scheme"))
+    return INT8_BUDGET if settings is None else settings.budget
 
 
 def _declaration(entry: dict, dtype: str) -> str:

@@ -1,26 +1,35 @@
 """Command-line entry points: ``favor-export`` and ``favor-validate``.
 
-Exit codes: 0 success, 1 the export does not match PyTorch, 2 bad input or usage, 3 an internal
-error (a bug: please report it with the ``--debug`` traceback).
+Exit codes: 0 success, 1 the export does not match PyTorch, 2 bad input, usage or environment
+(disk full, file-size limit), 3 an internal error (a bug: please report it with the ``--debug``
+traceback), 130 interrupted (SIGINT), 143 terminated (SIGTERM). A stopped run cleans up first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .errors import ExportError, ValidationError
-from .files import atomic_write_bytes
+from .errors import ExportError, Terminated, ValidationError, exception_chain, one_line
+from .files import atomic_write_bytes, writing
 from .precision import ALIASES, BUDGETS
 from .quant_budget import INT8_BUDGET
 from .quantize import DEFAULT_SCHEME, INT8_SCHEMES
+
+if TYPE_CHECKING:
+    from .validation import ValidationReport
 
 INTERNAL_ERROR = 3
 
@@ -37,45 +46,130 @@ class Reporter:
             click.echo(f"{self.program}: {elapsed:6.1f}s {stage:<9} {message}", err=True)
 
 
+# 128 + the signal number, as shells report a process that a signal stopped.
+INTERRUPTIONS: dict[type[BaseException], tuple[int, str]] = {
+    KeyboardInterrupt: (130, "interrupted"),
+    Terminated: (143, "terminated"),
+}
+# OSErrors that mean the environment, not a bug: a full disk, a file-size limit, permissions.
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the cleanup finish
+    raise Terminated
+
+
 @contextlib.contextmanager
-def _errors_to_exit_codes(program: str, debug: bool, as_json: bool) -> Iterator[None]:
-    """One-line messages and exit codes instead of tracebacks (``--debug`` keeps them)."""
+def _signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated`, as SIGINT raises KeyboardInterrupt, so that cleanup
+    (the staging directory's ``finally``) runs; a file-size limit fails writes with EFBIG
+    instead of killing the process (Python's default, unless an embedding host changed it)."""
+    if threading.current_thread() is not threading.main_thread():  # handlers need the main one
+        yield
+        return
+    handlers = {signal.SIGTERM: _raise_terminated, signal.SIGXFSZ: signal.SIG_IGN}
+    previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}
     try:
         yield
-    except ExportError as error:
-        if debug:
-            traceback.print_exc()
-        report = getattr(error, "report", None)
-        if report is not None and not as_json:
-            click.echo(report.table(), err=True)
-        if as_json:
-            payload = {"ok": False, "exit_code": error.exit_code, "error": str(error)}
-            if report is not None:
-                payload["validation"] = report.to_json()
-            click.echo(json.dumps(payload, indent=2))
-        click.echo(f"{program}: error: {error}", err=True)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        click.echo(f"{program}: interrupted; nothing was written", err=True)
-        sys.exit(130)
-    except Exception as error:  # the last line of defence: no raw traceback without --debug
-        if debug:
-            traceback.print_exc()
-        click.echo(
-            f"{program}: internal error: {type(error).__name__}: {error} "
-            "(run again with --debug for the traceback, and please report it)",
-            err=True,
-        )
-        sys.exit(INTERNAL_ERROR)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _failure(error: BaseException) -> tuple[int, str, str]:
+    """``(exit code, message for --json, line for stderr)`` for ``error``."""
+    # torch's exporters may wrap a KeyboardInterrupt into an error of their own.
+    for link in exception_chain(error, hidden=True):
+        for kind, (code, what) in INTERRUPTIONS.items():
+            if isinstance(link, kind):
+                return code, what, f"{what}; nothing was written"
+    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+        error = ExportError(f"{error.filename}: {error.strerror}" if error.filename else str(error))
+    if isinstance(error, ExportError):
+        return error.exit_code, str(error), f"error: {error}"
+    message = f"internal error: {one_line(error)}"
+    return (
+        INTERNAL_ERROR,
+        message,
+        f"{message} (run again with --debug for the traceback, and please report it)",
+    )
+
+
+def _echo_json_failure(code: int, message: str, report: ValidationReport | None = None) -> None:
+    payload = {"ok": False, "exit_code": code, "error": message}
+    if report is not None:
+        payload["validation"] = report.to_json()
+    click.echo(json.dumps(payload, indent=2))
+
+
+@contextlib.contextmanager
+def _errors_to_exit_codes(program: str, debug: bool, as_json: bool) -> Iterator[None]:
+    """One line on stderr and an exit code for every failure, instead of a traceback
+    (``--debug`` adds it, with the whole chain of causes); with ``as_json`` also a JSON object
+    on stdout."""
+    with _signals_as_exceptions():
+        try:
+            yield
+        except (Exception, *INTERRUPTIONS) as error:
+            if debug:
+                traceback.print_exc()
+            code, message, line = _failure(error)
+            report = getattr(error, "report", None)
+            if as_json:
+                _echo_json_failure(code, message, report)
+            elif report is not None:
+                click.echo(report.table(), err=True)
+            click.echo(f"{program}: {line}", err=True)
+            sys.exit(code)
+
+
+class Command(click.Command):
+    """A command whose usage errors are one line and exit code 2, like any other bad input, and
+    print a JSON object on stdout under ``--json``."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        as_json = "--json" in args  # parsing consumes args
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            if as_json:
+                _echo_json_failure(error.exit_code, error.format_message())
+            click.echo(
+                f"{info_name}: error: {error.format_message()} (see {info_name} --help)", err=True
+            )
+            sys.exit(error.exit_code)
+
+
+class Tolerance(click.ParamType):
+    """A finite float >= 0: a negative or NaN tolerance fails every comparison, an infinite
+    one passes every comparison."""
+
+    name = "FLOAT"
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number < 0:
+            self.fail(f"{value} is not a tolerance: give a finite number >= 0", param, ctx)
+        return number
 
 
 def _common_options(func: Callable) -> Callable:
     options = [
         click.option(
-            "--atol", type=float, help="Absolute tolerance [default: per dtype, 1e-4 for float32]."
+            "--atol",
+            type=Tolerance(),
+            help="Absolute tolerance [default: per dtype, 1e-4 for float32].",
         ),
         click.option(
-            "--rtol", type=float, help="Relative tolerance [default: per dtype, 1e-4 for float32]."
+            "--rtol",
+            type=Tolerance(),
+            help="Relative tolerance [default: per dtype, 1e-4 for float32].",
         ),
         click.option(
             "--allow-module",
@@ -112,8 +206,9 @@ QUANTIZE_HELP = (
     "(q/k/v/out projections, feed-forward, LM head, classifier): int8 weights with a scale per "
     "output column, in 7 bits so that no CPU's int8 kernel saturates (AVX2 and wasm kernels "
     "sum pairs of products in int16), activations quantized to uint8 per call from their own "
-    "range, no calibration data (--int8-scheme picks another scheme). The attention core stays float: the random-feature projection and "
-    "feature maps, and every activation x activation product. The TorchScript archive stays "
+    "range, no calibration data (--int8-scheme picks another scheme). The attention core "
+    "stays float: the random-feature projection and feature maps, and every activation x "
+    "activation product. The TorchScript archive stays "
     "float. int8 cannot meet float32's 1e-4, so the int8 graph is held to a parity budget "
     f"instead, per output and case: relative RMS error <= {INT8_BUDGET.rel_rms:g}, and for "
     f"logits mean KL <= {INT8_BUDGET.kl:g} nats and top-1 agreement >= {INT8_BUDGET.top1:.0%} "
@@ -136,7 +231,8 @@ Examples:
       other models declare each input as NAME:DIMS:DTYPE; a dim is a size, a symbol,
       or a symbol with the example size to trace at
   favor-export model.pt --input tokens:batch,seq:int64:0..32000 --allow-module mylab
-      integer inputs may give the value range validation draws from
+      an integer input gives the range validation draws ids from, unless an
+      nn.Embedding reads it (its size is the range)
   favor-export lm.pt --dtype fp16
       half-precision weights; attention internals and the LM state stay float32
   favor-export lm.pt --quantize int8
@@ -149,11 +245,14 @@ Causal LMs export one stateful graph: inputs tokens + state.*, outputs logits + 
 feed new_state.* back as state.* to continue (prefill any length, decode with seq=1).
 
 \b
-Exit codes: 0 exported and validated, 1 validation failed, 2 bad input, 3 internal error.
+Exit codes: 0 exported and validated, 1 validation failed, 2 bad input or environment (disk
+full), 3 internal error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). --json prints a JSON
+object on failure too, with the error and the exit code.
 """
 
 
 @click.command(
+    cls=Command,
     help=EXPORT_HELP,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -296,8 +395,10 @@ def export_command(
 VALIDATE_HELP = """Re-check an existing export against its PyTorch model, without re-exporting.
 
 Runs the same sweep as export-time validation (batch sizes, lengths, prefill + decode for causal
-LMs) with the tolerances stored in the manifest, after checking every file's sha256. Use it in
-CI after upgrading torch or onnxruntime.
+LMs) after checking every file's sha256. Tolerances are --atol/--rtol or the defaults for the
+export's dtype, and an int8 graph is held to its scheme's budget: never values read from the
+export under test. The report starts with the tolerances used. Use it in CI after upgrading
+torch or onnxruntime.
 
 \b
 Examples:
@@ -305,11 +406,13 @@ Examples:
   favor-validate dist/ lm.pt --junit-xml parity.xml --json
 
 \b
-Exit codes: 0 parity holds, 1 parity fails, 2 bad input, 3 internal error.
+Exit codes: 0 parity holds, 1 parity fails, 2 bad input, 3 internal error, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM). --json prints a JSON object on failure too.
 """
 
 
 @click.command(
+    cls=Command,
     help=VALIDATE_HELP,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -344,13 +447,11 @@ def validate_command(
             trust_pickle=trust_pickle, progress=report_progress,
         )  # fmt: skip
         if junit_xml is not None:
-            try:
+            with writing(junit_xml):
                 atomic_write_bytes(junit_xml, report.junit_xml().encode())
-            except OSError as error:
-                raise ExportError(f"cannot write {junit_xml}: {error.strerror}") from None
+        if not report.passed:
+            raise ValidationError("the export does not match PyTorch", report)
         if as_json:
             click.echo(json.dumps({"ok": report.passed, "validation": report.to_json()}, indent=2))
         elif not quiet:
             click.echo(report.table(), err=True)
-        if not report.passed:
-            raise ValidationError("the export does not match PyTorch", None)

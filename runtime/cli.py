@@ -10,7 +10,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 import zipfile
@@ -21,6 +20,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from .atomic import atomic_file
 from .generate import DEFAULT_PREFILL_CHUNK, Generator
 from .manifest import ManifestError
 from .sampling import check_sampling
@@ -198,28 +198,12 @@ def _check_output(path: Path) -> None:
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` as an ``.npz`` to exactly ``path`` (no suffix added).
-
-    Written to a temporary file beside ``path`` and renamed over it: a failure leaves nothing
-    behind, and a symlink at ``path`` is replaced rather than written through.
-    """
+    """Write ``arrays`` as an ``.npz`` to exactly ``path`` (no suffix added), atomically."""
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise ValueError(f"cannot write --output {path}: {error.strerror}") from None
-    tmp = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as out:
+        with atomic_file(path) as out:
             np.savez(out, **arrays)
-        # mkstemp creates 0600; give the file the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)
-        os.replace(tmp, path)
     except OSError as error:
         raise ValueError(f"cannot write --output {path}: {error.strerror or error}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _summary(array: np.ndarray) -> tuple[float | None, ...]:

@@ -2,19 +2,26 @@
 
 import hashlib
 import json
+import os
+import shutil
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
-from favor.exporter import ValidationError, assert_parity, export, save_checkpoint
+from favor.exporter import ExportError, ValidationError, assert_parity, export, save_checkpoint
 from favor.exporter.cli import export_command, validate_command
 from favor.exporter.manifest import SCHEMA_PATH
 from favor.exporter.onnx_graph import onnxruntime_limits
+from favor.runtime import Session
 from tests.exporter.custom_models import TinyBlock
 
 HIGHEST = onnxruntime_limits()[0]
@@ -79,8 +86,8 @@ def test_torchscript_loads_where_favor_cannot_be_imported(lm_export):
         f"m = torch.jit.load({str(lm_export.torchscript_path)!r})\n"
         "kv = [torch.zeros(2, 2, 16, 17) for _ in range(2)]\n"
         "state = [torch.zeros(2, dtype=torch.long), *kv]\n"
-        "out = m(torch.randint(0, 40, (2, 30)), *state)\n"
-        "print(tuple(out[0].shape))\n"
+        "logits, new_state = m(torch.randint(0, 40, (2, 30)), state, return_state=True)\n"
+        "print(tuple(logits.shape))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=False
@@ -280,3 +287,213 @@ def test_bad_input_exits_2_with_one_line_and_no_files(case, tmp_path, lm_checkpo
 def test_debug_shows_the_traceback(tmp_path):
     result = _run(export_command, [tmp_path / "nope.pt", "--debug"])
     assert result.exit_code == 2 and "Traceback" in result.stderr
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error" in line]
+
+
+def test_a_directory_in_the_way_leaves_the_previous_export_intact_and_loadable(
+    lm_checkpoint, encoder_checkpoint, tmp_path
+):
+    export(encoder_checkpoint, tmp_path, name="lm", exporter="torchscript", formats="onnx")
+    before = _tree(tmp_path)
+    (tmp_path / "lm.torchscript.pt").mkdir()
+    result = _run(export_command, [lm_checkpoint, "-o", tmp_path, "--exporter", "torchscript"])
+    assert result.exit_code == 2, result.output
+    assert "lm.torchscript.pt: a directory is in the way" in _error_lines(result.stderr)[0]
+    (tmp_path / "lm.torchscript.pt").rmdir()
+    assert _tree(tmp_path) == before
+    assert Session(tmp_path).manifest["kind"] == "encoder"
+
+
+# Subprocesses under a file-size limit: a shell starts them with SIGXFSZ's default action.
+UNDER_LIMIT = (
+    "import os, resource, signal, sys\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("options", "file"),
+    [
+        (["--format", "onnx"], "lm.onnx"),
+        (["--format", "torchscript"], "lm.torchscript.pt"),
+        (["--format", "onnx", "--external-data", "always"], "lm.onnx"),
+    ],
+    ids=["onnx", "torchscript", "external-data"],
+)
+def test_a_file_size_limit_is_bad_environment_not_a_crash(options, file, lm_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [BIN / "favor-export", lm_checkpoint, "-o", out, "--exporter", "torchscript"]
+    done = subprocess.run(
+        [sys.executable, "-c", UNDER_LIMIT, *command, *options],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert _error_lines(done.stderr) == [
+        f"favor-export: error: cannot write {out / file}: File too large"
+    ]
+    assert list(out.iterdir()) == []  # no staging directory left
+
+
+@pytest.mark.parametrize(
+    ("signal_number", "code", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["sigint", "sigterm"],
+)
+def test_a_signal_mid_export_cleans_up(signal_number, code, said, lm_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [BIN / "favor-export", lm_checkpoint, "-o", out, "--exporter", "dynamo", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in process.stderr:
+        if " export " in line:  # torch's dynamo exporter has started: it takes many seconds
+            break
+    time.sleep(2)
+    assert [p.name[:14] for p in out.iterdir()] == [".favor-export-"]
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    assert json.loads(stdout) == {"ok": False, "exit_code": code, "error": said}
+    assert f"favor-export: {said}; nothing was written" in stderr
+    assert not out.exists()
+
+
+def _interrupted_inside_torch(*_args, **_kwargs):
+    """What torch's dynamo exporter made of a Ctrl-C during a lazy import."""
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise AttributeError("module 'torch._dynamo' has no attribute 'exc'") from None
+    except AttributeError as error:
+        raise ExportError("the model cannot be exported to ONNX: AttributeError") from error
+
+
+def test_an_interrupt_wrapped_by_torch_is_reported_as_an_interrupt(monkeypatch, tmp_path):
+    monkeypatch.setattr("favor.exporter.api.export", _interrupted_inside_torch)
+    result = _run(export_command, [tmp_path / "lm.pt"])
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "favor-export: interrupted; nothing was written"
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-directories", "existing-directory"])
+def test_a_failed_export_leaves_no_new_directory(existing, lm_checkpoint, tmp_path):
+    out = tmp_path / "new" / "out"
+    if existing:
+        out.mkdir(parents=True)
+    args = [lm_checkpoint, "-o", out, "--exporter", "torchscript", "--format", "onnx"]
+    result = _run(export_command, [*args, "--atol", "0", "--rtol", "0"])
+    assert result.exit_code == 1, result.output
+    if existing:
+        assert list(out.iterdir()) == []
+    else:
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_every_published_file_gets_the_permissions_of_a_plain_open(lm_checkpoint, tmp_path):
+    args = [lm_checkpoint, "-o", tmp_path, "--exporter", "torchscript", "--external-data", "always"]
+    umask = os.umask(0o022)
+    try:
+        result = _run(export_command, [*args, "--no-validate", "-q"])
+    finally:
+        os.umask(umask)
+    assert result.exit_code == 0, result.output
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    expected = ["lm.manifest.json", "lm.onnx", "lm.onnx.data", "lm.torchscript.pt"]
+    assert modes == dict.fromkeys(expected, 0o644)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "options"),
+    [("lm.onnx", []), ("lm.torchscript.pt", ["--name", "lm"])],
+    ids=["default-name", "given-name"],
+)
+def test_exporting_over_the_model_file_is_refused(model_name, options, lm_checkpoint, tmp_path):
+    model = tmp_path / model_name
+    shutil.copy(lm_checkpoint, model)
+    before = _tree(tmp_path)
+    result = _run(export_command, [model, *options, "--exporter", "torchscript"])
+    assert result.exit_code == 2, result.output
+    assert f"the output file {model} is the model being exported" in result.stderr
+    assert _tree(tmp_path) == before
+
+
+class Branches(nn.Module):
+    """Branches on data in forward: torch.export cannot capture it."""
+
+    def config(self) -> dict:
+        return {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.sum() > 0 else x - 1
+
+
+def test_an_exporter_error_names_its_root_cause(tmp_path):
+    save_checkpoint(Branches(), tmp_path / "branches.pt")
+    args = [tmp_path / "branches.pt", "--allow-module", "tests", "--input", "x:batch,4:float32"]
+    result = _run(export_command, [*args, "--format", "onnx", "-o", tmp_path / "out", "--debug"])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith("favor-export: error: the model cannot be exported to ONNX: ")
+    assert "Could not guard on data-dependent expression" in line, line
+    assert "Modify the model code" not in line
+    # --debug shows the whole chain, torch's wrapper included.
+    assert "TorchExportError" in result.stderr and "direct cause" in result.stderr
+
+
+def _never_called(*_args, **_kwargs):
+    raise AssertionError("a bad tolerance must be refused before any work")
+
+
+@pytest.mark.parametrize("value", ["-1e-4", "nan", "inf"], ids=["negative", "nan", "infinite"])
+@pytest.mark.parametrize("option", ["--atol", "--rtol"], ids=["atol", "rtol"])
+@pytest.mark.parametrize("command", [export_command, validate_command], ids=["export", "validate"])
+def test_a_tolerance_that_cannot_hold_is_refused_at_once(
+    command, option, value, monkeypatch, tmp_path
+):
+    monkeypatch.setattr("favor.exporter.api.export", _never_called)
+    monkeypatch.setattr("favor.exporter.api.validate_export", _never_called)
+    args = [tmp_path / "lm.pt"] if command is export_command else [tmp_path, tmp_path / "lm.pt"]
+    result = _run(command, [*args, option, value])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines  # a usage error is one line, like any other bad input
+    assert f"Invalid value for '{option}': {value} is not a tolerance" in lines[0]
+
+
+def _raises(error: BaseException):
+    def call(*_args, **_kwargs):
+        raise error
+
+    return call
+
+
+JSON_FAILURES = {
+    "bad-input": (export_command, ["{dir}/nope.pt"], None, 2),
+    "usage": (export_command, ["{checkpoint}", "--atol", "-1"], None, 2),
+    "internal": (export_command, ["{checkpoint}"], RuntimeError("a bug"), 3),
+    "interrupted": (export_command, ["{checkpoint}"], KeyboardInterrupt(), 130),
+    "mismatch": (validate_command, ["{export}", "{checkpoint}", "--atol", "0", "--rtol", "0"], None, 1),
+    "validate-usage": (validate_command, ["{export}", "{checkpoint}", "--rtol", "nan"], None, 2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", JSON_FAILURES, ids=JSON_FAILURES)
+def test_json_failures_print_one_object_with_the_error_and_exit_code(
+    case, monkeypatch, lm_checkpoint, lm_export, tmp_path
+):
+    command, args, error, code = JSON_FAILURES[case]
+    if error is not None:
+        monkeypatch.setattr("favor.exporter.api.export", _raises(error))
+    places = {"dir": tmp_path, "checkpoint": lm_checkpoint, "export": lm_export.output_dir}
+    result = _run(command, [*(a.format(**places) for a in args), "--json"])
+    assert result.exit_code == code, result.output
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is False and payload["exit_code"] == code and payload["error"]
+    assert ("validation" in payload) == (case == "mismatch")
