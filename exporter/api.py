@@ -14,9 +14,15 @@ from .checkpoint import LoadedModel, load_model
 from .errors import ExportError, MissingKernelError, ValidationError
 from .files import check_targets, output_directory, publish, staging_dir, writing
 from .known_models import exportable
-from .manifest import build_manifest, dumps, spec_from_manifest, uncalibrated_causal_layers
+from .manifest import (
+    build_manifest,
+    check_validation_entries,
+    dumps,
+    spec_from_manifest,
+    uncalibrated_causal_layers,
+)
 from .onnx_graph import EXPORTERS, build_onnx, check_opset, describe_outputs, save_onnx
-from .precision import budget, cast_model, cast_spec, float32_paths, parse_dtype
+from .precision import budget, cast_model, cast_spec, files_precision, float32_paths, parse_dtype
 from .quant_budget import INT8_BUDGET, ParityBudget
 from .quantize import INT8_SCHEMES, QuantizedGraph, int8_settings, parse_quantize, quantize_int8
 from .specs import ModelSpec, embedding_ranges, with_value_ranges
@@ -335,21 +341,41 @@ def validate_export(
         manifest = read_manifest(manifest_path)
     except ManifestError as error:
         raise ExportError(str(error)) from None
-    loaded, _ = _load(model, allow_modules, trust_pickle)
+    check_validation_entries(manifest, manifest_path.name)
+    files = export_files(manifest_path, manifest)
     dtype = manifest.get("dtype", "float32")  # manifests from before --dtype are float32
+    quantization = manifest.get("quantization")
+    _check_recorded_precision(dtype, quantization is not None, files, manifest_path.name)
+    loaded, _ = _load(model, allow_modules, trust_pickle)
     declared = (
         [_declaration(i, dtype) for i in manifest["inputs"]] if manifest["kind"] == "module" else []
     )
     module, model_spec = exportable(loaded.module, declared)
     spec = with_value_ranges(spec_from_manifest(manifest), embedding_ranges(module, model_spec))
-    files = export_files(manifest_path, manifest)
     default_atol, default_rtol = budget(dtype)
-    quantization = manifest.get("quantization")
     return _validate(
         module, spec, files,
         default_atol if atol is None else atol, default_rtol if rtol is None else rtol,
         dtype, say, budget=None if quantization is None else _int8_budget(quantization),
     )  # fmt: skip
+
+
+def _check_recorded_precision(
+    dtype: str, quantized: bool, files: dict[str, Path], source: str
+) -> None:
+    """ExportError unless the manifest's dtype and quantization are what its files hold: they
+    choose the tolerances, and a manifest is not trusted."""
+    try:
+        found_dtype, found_quantized = files_precision(files)
+    except Exception:  # a file that does not load: validation reports it as a failure
+        return
+    said = f"{dtype}{' int8' if quantized else ''}"
+    found = f"{found_dtype}{' int8' if found_quantized else ''}"
+    if said != found:
+        raise ExportError(
+            f"{source} records {said} weights, but its files hold {found} weights: the manifest "
+            "does not describe this export"
+        )
 
 
 def _int8_budget(quantization: dict) -> ParityBudget:

@@ -9,10 +9,13 @@ the apps that load exports.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import jsonschema
 import onnx
 import onnxruntime as ort
 import torch
@@ -22,10 +25,17 @@ from favor.ops import FavorAttention
 from favor.ops.features import DATA_DEPENDENT_KERNELS
 from favor.runtime.manifest import FORMAT, FORMAT_VERSION, sha256_file
 
+from .errors import ExportError
 from .specs import ModelSpec, StateSpec, TensorSpec
 from .torchscript import archive_call
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+# Entries favor-validate reads beyond those favor.runtime.manifest checks for every reader.
+VALIDATION_ENTRIES = ("dtype", "quantization", "example_sizes", "sweep")
+# The most elements one input of one validation case may have: a manifest is not trusted, and a
+# sweep of batch 100000 x seq 100000 would have favor-validate allocate 80 GB. The sweeps
+# favor-export writes stay below 10^5.
+MAX_CASE_ELEMENTS = 1 << 26
 
 
 def _package_version(name: str) -> str | None:
@@ -136,6 +146,37 @@ def build_manifest(
 def dumps(manifest: dict) -> bytes:
     """Stable bytes: the same manifest always serializes identically."""
     return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+@functools.cache
+def _schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def check_validation_entries(manifest: dict, source: str) -> None:
+    """ExportError naming the first of :data:`VALIDATION_ENTRIES` the schema does not allow, or
+    a validation case too large to run. An entry may be absent (manifests of older versions)."""
+    schema = _schema()
+    for key in VALIDATION_ENTRIES:
+        if key not in manifest:
+            continue
+        validator = jsonschema.Draft202012Validator(
+            schema["properties"][key] | {"$defs": schema["$defs"]}
+        )
+        error = jsonschema.exceptions.best_match(validator.iter_errors(manifest[key]))
+        if error is not None:
+            where = "".join(f"[{part!r}]" for part in error.absolute_path)
+            raise ExportError(f"invalid manifest {source}: {key}{where}: {error.message}")
+    for case in [manifest.get("example_sizes", {}), *manifest.get("sweep", [])]:
+        for tensor in manifest["inputs"]:
+            elements = math.prod(
+                case.get(d, 1) if isinstance(d, str) else d for d in tensor["shape"]
+            )
+            if elements > MAX_CASE_ELEMENTS:
+                raise ExportError(
+                    f"invalid manifest {source}: validation case {case} gives input "
+                    f"{tensor['name']!r} {elements} elements, more than {MAX_CASE_ELEMENTS}"
+                )
 
 
 def spec_from_manifest(manifest: dict) -> ModelSpec:

@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
+from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -65,6 +68,28 @@ def parse_dtype(name: str) -> str:
         choices = ", ".join(f"{short} ({long})" for short, long in ALIASES.items())
         raise ExportError(f"dtype must be one of {choices}, got {name!r}")
     return dtype
+
+
+def files_precision(files: dict[str, Path]) -> tuple[str, bool]:
+    """``(weights dtype, int8-quantized)`` of an export, read from its files, not its manifest.
+
+    The dtype is the half type of the ONNX graph's initializers (the TorchScript archive's
+    tensors when there is no graph), ``"float32"`` with none, and ``"mixed"`` with both half
+    types; the graph is int8-quantized when it has integer MatMuls. Validation picks its
+    tolerances by these, so a manifest cannot loosen them by claiming another precision.
+    """
+    if "onnx" in files:
+        graph = onnx.load(str(files["onnx"]), load_external_data=False).graph
+        types = {onnx.helper.tensor_dtype_to_string(i.data_type) for i in graph.initializer}
+        found = {t.removeprefix("TensorProto.").lower() for t in types}
+        quantized = any(node.op_type == "MatMulInteger" for node in graph.node)
+    else:
+        archive = torch.jit.load(str(files["torchscript"]), map_location="cpu")
+        tensors = itertools.chain(archive.parameters(), archive.buffers())
+        found = {str(t.dtype).removeprefix("torch.") for t in tensors}
+        quantized = False
+    half = found & {"float16", "bfloat16"}
+    return ("float32" if not half else half.pop() if len(half) == 1 else "mixed"), quantized
 
 
 def budget(dtype: str) -> tuple[float | None, float | None]:

@@ -1,6 +1,7 @@
 """favor.exporter.export on calibrated models; validate_export trusts nothing in the export."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,43 @@ def test_favor_validate_holds_a_different_model_to_its_own_tolerances(
     else:
         assert validation["tolerances"]["float32"] == {"atol": 1e-4, "rtol": 1e-4}
     assert not validate_export(other, out).passed
+
+
+@pytest.fixture(scope="module")
+def float_and_int8_manifests(lm_checkpoint, tmp_path_factory):
+    """A float32 export of the test LM (ONNX only), and an int8 export's manifest entry."""
+    root = tmp_path_factory.mktemp("recorded")
+    float32 = export(lm_checkpoint, root / "float32", exporter="torchscript", formats="onnx")
+    int8 = export(
+        lm_checkpoint, root / "int8", exporter="torchscript", formats="onnx", quantize="int8",
+        validate_outputs=False,
+    )  # fmt: skip
+    return float32.output_dir, int8.manifest["quantization"]
+
+
+# Each edit of a float32 export's manifest that would change what favor-validate holds it to,
+# or have it allocate without bound, and the error it must give instead.
+LIES = {
+    "dtype-not-a-dtype": (lambda m, q: m | {"dtype": 5}, "dtype: 5 is not one of"),
+    "claims-float16": (lambda m, q: m | {"dtype": "float16"}, "records float16 weights, but its files hold float32"),
+    "claims-int8": (lambda m, q: m | {"quantization": q}, "records float32 int8 weights, but its files hold float32"),
+    "quantization-a-string": (lambda m, q: m | {"quantization": "x"}, "quantization: 'x' is not valid"),
+    "sweep-a-number": (lambda m, q: m | {"sweep": 3}, "sweep: 3 is not of type 'array'"),
+    "negative-batch": (lambda m, q: m | {"sweep": [{"batch": -1, "seq": 2}]}, "sweep[0]['batch']: -1 is less than"),
+    "sweep-of-10-billion": (lambda m, q: m | {"sweep": [{"batch": 10**5, "seq": 10**5}]}, "10000000000 elements"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("lie", "message"), LIES.values(), ids=LIES.keys())
+def test_favor_validate_refuses_a_manifest_that_misdescribes_its_export(
+    lie, message, float_and_int8_manifests, lm_checkpoint, tmp_path
+):
+    source, quantization = float_and_int8_manifests
+    out = tmp_path / "export"
+    shutil.copytree(source, out)
+    path = out / "lm.manifest.json"
+    path.write_text(json.dumps(lie(json.loads(path.read_text()), quantization)))
+    result = CliRunner().invoke(validate_command, [str(out), str(lm_checkpoint), "-q"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
