@@ -35,6 +35,7 @@ DEFAULT_OPSET = 17
 # the dynamo exporter's graphs have a third of the nodes and run about 2x faster in ONNX Runtime,
 # for prefill and decode alike. It takes several times longer to export, which a user pays once.
 DEFAULT_EXPORTER = "dynamo"
+DEFAULT_DTYPE = "float32"
 
 Progress = Callable[[str, str], None]
 
@@ -115,7 +116,7 @@ def export(
     allow_modules: Sequence[str] = (),
     trust_pickle: bool = False,
     external_data: bool | None = None,
-    dtype: str = "float32",
+    dtype: str = DEFAULT_DTYPE,
     fused_attention: bool = False,
     quantize: str | None = None,
     int8_scheme: str | None = None,

@@ -22,16 +22,22 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .api import DEFAULT_DTYPE, DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS, FORMATS
 from .errors import ExportError, Terminated, ValidationError, exception_chain, one_line
 from .files import atomic_write_bytes, writing
+from .onnx_graph import MIN_OPSET, MIN_OPSET_BY_EXPORTER
 from .precision import ALIASES, BUDGETS
 from .quant_budget import INT8_BUDGET
-from .quantize import DEFAULT_SCHEME, INT8_SCHEMES
+from .quantize import DEFAULT_SCHEME, INT8_SCHEMES, QUANTIZE_MODES
 
 if TYPE_CHECKING:
     from .validation import ValidationReport
 
 INTERNAL_ERROR = 3
+# --external-data's choices, as export()'s ``external_data``.
+EXTERNAL_DATA = {"auto": None, "always": True, "never": False}
+# --dtype's short names, by the dtype they stand for.
+SHORT_DTYPES = {dtype: short for short, dtype in ALIASES.items()}
 
 
 class Reporter:
@@ -266,9 +272,10 @@ object on failure too, with the error and the exit code.
 @click.option(
     "--opset",
     type=int,
-    default=17,
+    default=DEFAULT_OPSET,
     show_default=True,
-    help="ONNX opset: 14 (17 for dynamo) up to the highest the installed onnxruntime runs.",
+    help=f"ONNX opset: {MIN_OPSET} ({MIN_OPSET_BY_EXPORTER['dynamo']} for dynamo) up to the "
+    "highest the installed onnxruntime runs.",
 )
 @click.option(
     "--name", help="Base name of the output files [default: MODEL's file name without suffix]."
@@ -276,14 +283,14 @@ object on failure too, with the error and the exit code.
 @click.option(
     "--format",
     "formats",
-    default="onnx,torchscript",
+    default=",".join(FORMATS),
     show_default=True,
-    help="What to write: onnx, torchscript, or both.",
+    help=f"What to write: {', '.join(FORMATS)}, or several, comma-separated.",
 )
 @click.option(
     "--exporter",
-    type=click.Choice(["dynamo", "torchscript"]),
-    help="torch's ONNX exporter [default: dynamo; torchscript for TorchScript input].",
+    type=click.Choice(EXPORTERS),
+    help=f"torch's ONNX exporter [default: {DEFAULT_EXPORTER}; torchscript for TorchScript input].",
 )
 @click.option(
     "--input",
@@ -308,7 +315,7 @@ object on failure too, with the error and the exit code.
 )
 @click.option(
     "--external-data",
-    type=click.Choice(["auto", "always", "never"]),
+    type=click.Choice(list(EXTERNAL_DATA)),
     default="auto",
     show_default=True,
     help="Store weights beside the graph (auto: above 1 GiB).",
@@ -316,7 +323,7 @@ object on failure too, with the error and the exit code.
 @click.option(
     "--dtype",
     type=click.Choice(list(ALIASES)),
-    default="fp32",
+    default=SHORT_DTYPES[DEFAULT_DTYPE],
     show_default=True,
     help=DTYPE_HELP,
 )
@@ -324,7 +331,7 @@ object on failure too, with the error and the exit code.
     "--quantize",
     default="none",
     show_default=True,
-    metavar="[none|int8]",
+    metavar=f"[{'|'.join(('none', *QUANTIZE_MODES))}]",
     help=QUANTIZE_HELP,
 )
 @click.option(
@@ -369,7 +376,7 @@ def export_command(
             inputs=inputs,
             validate_outputs=validate, atol=atol, rtol=rtol, allow_modules=allow_modules,
             trust_pickle=trust_pickle,
-            external_data={"auto": None, "always": True, "never": False}[external_data],
+            external_data=EXTERNAL_DATA[external_data],
             dtype=dtype,
             fused_attention=fused_attention,
             quantize=quantize,

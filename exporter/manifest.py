@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import jsonschema
@@ -28,6 +27,7 @@ from favor.runtime.manifest import FORMAT, FORMAT_VERSION, sha256_file
 from .errors import ExportError
 from .specs import ModelSpec, StateSpec, TensorSpec
 from .torchscript import archive_call
+from .versions import package_version
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 # Entries favor-validate reads beyond those favor.runtime.manifest checks for every reader.
@@ -38,20 +38,13 @@ VALIDATION_ENTRIES = ("dtype", "quantization", "example_sizes", "sweep")
 MAX_CASE_ELEMENTS = 1 << 26
 
 
-def _package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def library_versions() -> dict[str, str | None]:
     return {
-        "favor-export": _package_version("favor-export"),
+        "favor-export": package_version("favor-export"),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
-        "onnxscript": _package_version("onnxscript"),
+        "onnxscript": package_version("onnxscript"),
     }
 
 
@@ -59,6 +52,9 @@ def attention_layers(model: nn.Module) -> list[dict]:
     """Configuration of every FavorAttention inside ``model``, with its submodule path."""
     layers = []
     for path, sub in model.named_modules():
+        # FavorAttention only, not every attention layer (.attention_modules.is_attention): an
+        # entry records a kernel, projection and chunking, which LaraAttention lacks, read from
+        # config(), which TorchScript does not keep.
         if isinstance(sub, FavorAttention):
             layer = {"path": path, **sub.config(), "feature_dim": sub.feature_dim}
             if sub.calibration is not None:

@@ -30,6 +30,7 @@ from favor.ops.fused import causal_layers, fused_causal_attention
 from . import linear_attention
 from .errors import ExportError, exception_chain, one_line
 from .specs import ModelSpec
+from .versions import package_version
 
 EXPORTERS = ("dynamo", "torchscript")
 # The lowest opset the exported graphs are tested at; the dynamo exporter cannot go below 17
@@ -43,7 +44,8 @@ NATIVE_MAX_OPSET = {"dynamo": 25, "torchscript": 20}
 # its ``split`` input. The dynamo exporter writes opset 18 Splits, and its conversion down to 17
 # keeps the attribute, which the checker then rejects.
 SPLIT_NUM_OUTPUTS_OPSET = 18
-# Ops that would mean randomness or linear algebra inside the graph: never in an export.
+# Ops that would mean randomness or control flow inside the graph: never in an export, which is
+# a static graph computing a fixed function of its inputs.
 FORBIDDEN_OPS = {
     "RandomNormal": "random numbers",
     "RandomNormalLike": "random numbers",
@@ -53,6 +55,7 @@ FORBIDDEN_OPS = {
     "Bernoulli": "random numbers",
     "Loop": "data-dependent control flow",
     "If": "data-dependent control flow",
+    "Scan": "a loop over a sequence",
 }
 # aten ops whose appearance in forward explains a forbidden graph op or a failed export.
 _SUSPECT_ATEN = re.compile(
@@ -409,13 +412,25 @@ def _set_dims(value: onnx.ValueInfoProto, dims: tuple[int | str, ...]) -> None:
             entry.dim_param = d
 
 
-def _forbidden(model: onnx.ModelProto) -> list[str]:
-    return sorted(
+def check_allowed_ops(
+    model: onnx.ModelProto, module: nn.Module, example: tuple[torch.Tensor, ...]
+) -> None:
+    """Raise :class:`ExportError` naming each :data:`FORBIDDEN_OPS` op in ``model``'s graph,
+    and where ``module``'s forward on ``example`` calls the aten ops that explain it."""
+    forbidden = sorted(
         {
             f"{n.op_type} ({FORBIDDEN_OPS[n.op_type]})"
             for n in model.graph.node
             if n.op_type in FORBIDDEN_OPS
         }
+    )
+    if not forbidden:
+        return
+    culprits = locate_ops(module, example, _SUSPECT_ATEN)
+    where = f" (called at {'; '.join(culprits)})" if culprits else ""
+    raise ExportError(
+        f"the exported graph contains {', '.join(forbidden)}{where}; "
+        "forward must not draw random numbers, branch on data or loop"
     )
 
 
@@ -472,14 +487,7 @@ def build_onnx(
         raise ExportError(
             f"the {exporter} exporter produced opset {got}, not the requested {opset}"
         )
-    forbidden = _forbidden(model)
-    if forbidden:
-        culprits = locate_ops(module, example, _SUSPECT_ATEN)
-        where = f" (called at {'; '.join(culprits)})" if culprits else ""
-        raise ExportError(
-            f"the exported graph contains {', '.join(forbidden)}{where}; "
-            "forward must not draw random numbers or branch on data"
-        )
+    check_allowed_ops(model, module, example)
     for value, spec_input in zip(model.graph.input, spec.inputs, strict=False):
         _set_dims(value, spec_input.dims)
     for value in model.graph.output:
@@ -489,17 +497,9 @@ def build_onnx(
     _, max_ir = onnxruntime_limits()
     model.ir_version = min(model.ir_version, max_ir)
     model.producer_name = "favor-export"
-    model.producer_version = _version()
+    # A string is required: a source tree that was never installed has no version to give.
+    model.producer_version = package_version("favor-export") or "0+unknown"
     return model
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("favor-export")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 # Graphs above this size go to external data: protobuf cannot hold more than 2 GiB.

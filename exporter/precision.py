@@ -35,10 +35,9 @@ import onnx
 import torch
 from torch import nn
 
-from favor.ops import FavorAttention
-from favor.ops.lara import LaraAttention
 from favor.ops.rotary import RotaryEmbedding
 
+from .attention_modules import is_attention
 from .errors import ExportError
 from .specs import TORCH_DTYPES, ModelSpec
 
@@ -57,8 +56,6 @@ BUDGETS: dict[str, tuple[float, float]] = {
     dtype: (BUDGET_EPSILONS * torch.finfo(TORCH_DTYPES[dtype]).eps,) * 2
     for dtype in ("float16", "bfloat16")
 }
-# Modules whose own tensors stay float32: they compute in float32 anyway (see above).
-FLOAT32_MODULES = (FavorAttention, LaraAttention, RotaryEmbedding)
 
 
 def parse_dtype(name: str) -> str:
@@ -98,12 +95,17 @@ def budget(dtype: str) -> tuple[float | None, float | None]:
 
 
 def float32_paths(model: nn.Module) -> list[str]:
-    """Submodule paths whose parameters and buffers a half export keeps in float32."""
-    return [path for path, sub in model.named_modules() if isinstance(sub, FLOAT32_MODULES)]
+    """Submodule paths whose parameters and buffers a half export keeps in float32: the
+    attention layers and rotary embeddings, which compute in float32 anyway (see above)."""
+    return [
+        path
+        for path, sub in model.named_modules()
+        if is_attention(sub) or isinstance(sub, RotaryEmbedding)
+    ]
 
 
 def cast_model(model: nn.Module, dtype: str) -> nn.Module:
-    """A copy of ``model`` in ``dtype``, except inside :data:`FLOAT32_MODULES`.
+    """A copy of ``model`` in ``dtype``, except inside the modules :func:`float32_paths` names.
 
     ``model`` itself is left as it is: it stays the float32 reference.
     """

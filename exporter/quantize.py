@@ -34,14 +34,13 @@ import onnx
 from onnx import numpy_helper
 from torch import nn
 
+from .attention_modules import class_name, is_attention
 from .errors import ExportError
 from .onnx_graph import _opset_of, onnxruntime_limits
 from .quant_budget import INT8_BUDGET, ParityBudget
 
 QUANTIZE_MODES = ("int8",)
-# Module classes whose buffers make up the attention core, by class name: TorchScript archives
-# load them as RecursiveScriptModules, which keep only the original class name.
-ATTENTION_CLASSES = ("FavorAttention", "LaraAttention")
+# By class name (see .attention_modules.class_name), so that TorchScript archives match too.
 WEIGHT_CLASSES = ("Linear", "Embedding")
 # Two unit vectors this close in |cosine| are the same direction up to float32 rounding.
 _SAME_DIRECTION = 1.0 - 1e-5
@@ -151,10 +150,6 @@ def parse_quantize(value: str | None) -> str | None:
     return value
 
 
-def _class_name(module: nn.Module) -> str:
-    return getattr(module, "original_name", None) or type(module).__name__
-
-
 def _weights(module: nn.Module) -> dict[tuple, str]:
     """``(shape, dtype, bytes) -> module path`` of every weight, as ``W.T`` (MatMul's B).
 
@@ -164,7 +159,7 @@ def _weights(module: nn.Module) -> dict[tuple, str]:
     found: dict[tuple, str] = {}
     for path, sub in module.named_modules():
         weight = getattr(sub, "weight", None)
-        if _class_name(sub) in WEIGHT_CLASSES and weight is not None and weight.dim() == 2:
+        if class_name(sub) in WEIGHT_CLASSES and weight is not None and weight.dim() == 2:
             array = np.ascontiguousarray(weight.detach().cpu().numpy().T)
             found.setdefault(_key(array), path.removeprefix("model.") or "<model>")
     return found
@@ -178,7 +173,7 @@ def _attention_buffers(module: nn.Module) -> dict[str, np.ndarray]:
     """Every 2-D-or-more buffer of every attention module, as rows of length ``dim_head``."""
     found = {}
     for path, sub in module.named_modules():
-        if _class_name(sub) not in ATTENTION_CLASSES:
+        if not is_attention(sub):
             continue
         for name, buffer in sub.named_buffers():
             if buffer.dim() >= 2 and buffer.is_floating_point():
@@ -364,7 +359,7 @@ def quantize_int8(
 
 def count_linear(module: nn.Module) -> int:
     """How many ``nn.Linear`` modules ``module`` holds (TorchScript archives included)."""
-    return sum(_class_name(sub) == "Linear" for sub in module.modules())
+    return sum(class_name(sub) == "Linear" for sub in module.modules())
 
 
 def _restore_interface(quantized: onnx.ModelProto, original: onnx.ModelProto) -> None:

@@ -9,19 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-# Graph ops that would mean randomness or data-dependent control flow in an exported graph.
-FORBIDDEN_OPS = frozenset(
-    {
-        "RandomNormal",
-        "RandomNormalLike",
-        "RandomUniform",
-        "RandomUniformLike",
-        "Multinomial",
-        "Loop",
-        "If",
-        "Scan",
-    }
-)
+from favor.exporter import onnx_graph
+
+# The graph ops favor-export refuses, as a set to intersect a graph's op types with.
+FORBIDDEN_OPS = frozenset(onnx_graph.FORBIDDEN_OPS)
 
 
 def qkv(

@@ -1,6 +1,7 @@
 """favor-export and favor-validate end to end: CLI runner, real subprocesses, bad input."""
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -18,9 +19,13 @@ from click.testing import CliRunner
 from torch import nn
 
 from favor.exporter import ExportError, ValidationError, assert_parity, export, save_checkpoint
+from favor.exporter import api as export_api
+from favor.exporter.api import EXPORTERS
 from favor.exporter.cli import export_command, validate_command
 from favor.exporter.manifest import SCHEMA_PATH
 from favor.exporter.onnx_graph import onnxruntime_limits
+from favor.exporter.precision import parse_dtype
+from favor.exporter.quantize import int8_settings, parse_quantize
 from favor.runtime import Session
 from tests.exporter.custom_models import TinyBlock
 
@@ -497,3 +502,37 @@ def test_json_failures_print_one_object_with_the_error_and_exit_code(
     payload = json.loads(result.stdout)
     assert payload["ok"] is False and payload["exit_code"] == code and payload["error"]
     assert ("validation" in payload) == (case == "mismatch")
+
+
+# How export() reads the arguments that favor-export spells its own way.
+API_READS = {
+    "formats": export_api._parse_formats,
+    "dtype": parse_dtype,
+    "quantize": parse_quantize,
+    "int8_scheme": int8_settings,
+}
+OPTION_ARGUMENTS = [
+    name
+    for name in inspect.signature(export).parameters
+    if name not in ("model", "output_dir", "progress")
+]
+
+
+@pytest.mark.parametrize("argument", OPTION_ARGUMENTS, ids=OPTION_ARGUMENTS)
+def test_an_option_left_out_means_the_apis_default(argument, monkeypatch, tmp_path):
+    passed = {}
+
+    def record(_model, _output_dir, **kwargs):
+        passed.update(kwargs)
+        raise ExportError("recorded")
+
+    monkeypatch.setattr("favor.exporter.api.export", record)
+    assert _run(export_command, [tmp_path / "lm.pt"]).exit_code == 2
+    read = API_READS.get(argument, lambda value: value)
+    default = inspect.signature(export).parameters[argument].default
+    assert read(passed[argument]) == read(default)
+
+
+def test_the_cli_offers_the_apis_exporters():
+    (option,) = [param for param in export_command.params if param.name == "exporter"]
+    assert tuple(option.type.choices) == EXPORTERS

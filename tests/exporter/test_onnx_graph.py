@@ -12,6 +12,7 @@ from favor.exporter import ExportError, export
 from favor.exporter.onnx_graph import (
     EXPORTERS,
     FORBIDDEN_OPS,
+    check_allowed_ops,
     onnxruntime_limits,
     split_sizes_as_input,
 )
@@ -91,6 +92,38 @@ def test_unexportable_op_is_named_with_its_submodule(model, message, exporter, t
     with pytest.raises(ExportError, match=message):
         export(model, tmp_path, exporter=exporter, inputs=["x:batch,4:float32"])
     assert list(tmp_path.iterdir()) == []
+
+
+def _graph_of(op_types: list[str]) -> onnx.ModelProto:
+    """A chain of one-input nodes of ``op_types``: enough for an op check, not meant to run."""
+    names = [f"v{i}" for i in range(len(op_types) + 1)]
+    nodes = [
+        helper.make_node(op, [a], [b])
+        for op, a, b in zip(op_types, names[:-1], names[1:], strict=True)
+    ]
+    values = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in names]
+    return helper.make_model(helper.make_graph(nodes, "g", values[:1], values[-1:]))
+
+
+@pytest.mark.parametrize(
+    ("op_type", "reason"),
+    [
+        ("Scan", "a loop over a sequence"),
+        ("Bernoulli", "random numbers"),
+        ("RandomNormalLike", "random numbers"),
+        ("If", "data-dependent control flow"),
+    ],
+    ids=["scan", "bernoulli", "random-normal-like", "if"],
+)
+def test_a_graph_with_a_forbidden_op_is_refused(op_type, reason):
+    model = _graph_of(["Relu", op_type])
+    message = rf"^the exported graph contains {op_type} \({reason}\); forward must not"
+    with pytest.raises(ExportError, match=message):
+        check_allowed_ops(model, nn.Identity(), (torch.zeros(1),))
+
+
+def test_a_graph_of_allowed_ops_passes_the_op_check():
+    check_allowed_ops(_graph_of(["Relu", "CumSum", "MatMul"]), nn.Identity(), (torch.zeros(1),))
 
 
 def test_integer_input_ranges_drive_validation():
