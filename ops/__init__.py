@@ -1,13 +1,26 @@
 """favor.ops: random-feature attention written so that tracing it gives a clean static graph.
 
 Projections are constants drawn on the host, causal attention is chunked prefix sums, and the
-recurrent state has a constant size. See :class:`FavorAttention`.
+recurrent state has a constant size. See :class:`FavorAttention`. Kernels and projections are
+looked up by name in :data:`KERNEL_REGISTRY` and :data:`PROJECTION_REGISTRY`.
 """
 
 from .attention import FavorAttention
-from .features import KERNELS
+from .features import KERNEL_REGISTRY, KERNELS, Kernel, get_kernel
 from .lara import LaraAttention
 from .multihead import MultiheadFavorAttention
-from .projections import PROJECTIONS
+from .projections import PROJECTION_REGISTRY, PROJECTIONS, Projection, get_projection
 
-__all__ = ["KERNELS", "PROJECTIONS", "FavorAttention", "LaraAttention", "MultiheadFavorAttention"]
+__all__ = [
+    "KERNELS",
+    "KERNEL_REGISTRY",
+    "PROJECTIONS",
+    "PROJECTION_REGISTRY",
+    "FavorAttention",
+    "Kernel",
+    "LaraAttention",
+    "MultiheadFavorAttention",
+    "Projection",
+    "get_kernel",
+    "get_projection",
+]

@@ -15,24 +15,15 @@ from .checks import (
     check_state,
     tracing,
 )
-from .features import (
-    DATA_DEPENDENT_KERNELS,
-    KERNELS,
-    PARAMETRIC_KERNELS,
-    POSITIVE_KERNELS,
-    feature_dim,
-    key_features,
-    query_features,
-)
+from .features import Kernel, get_kernel, key_features, query_features
 from .fused import causal_linear_attention
 from .noncausal import noncausal
 from .projections import (
-    LEARNABLE_PROJECTIONS,
     ORF_NORMS,
-    PROJECTIONS,
-    LearnableFastfood,
+    Projection,
     draw_feature_weights,
     draw_projection,
+    get_projection,
 )
 
 # Lower bound on |denominator| for TrigRF's signed estimate. Positive kernels only need to avoid
@@ -115,8 +106,8 @@ class FavorAttention(nn.Module):
         self.dim_head = check_positive_int("dim_head", dim_head)
         self.nb_features = check_positive_int("nb_features", nb_features)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
-        self.kernel = check_choice("kernel", kernel, KERNELS)
-        self.projection = check_choice("projection", projection, PROJECTIONS)
+        self.kernel = get_kernel(kernel).name
+        self.projection = get_projection(projection).name
         self.orf_norm = check_choice("orf_norm", orf_norm, ORF_NORMS)
         self.causal = bool(causal)
         self.seed = int(seed)
@@ -125,23 +116,31 @@ class FavorAttention(nn.Module):
         # outputs are the same either way.
         self.fused = False
         self.learnable_projection = (
-            LearnableFastfood(self.nb_features, self.dim_head, self.seed)
-            if self.projection in LEARNABLE_PROJECTIONS
+            self.projection_spec.module(self.nb_features, self.dim_head, self.seed)
+            if self.projection_spec.learnable
             else None
         )
         self.calibration = (
-            KernelCalibration(self.kernel, self.dim_head)
-            if self.kernel in PARAMETRIC_KERNELS
-            else None
+            KernelCalibration(self.kernel, self.dim_head) if self.kernel_spec.parametric else None
         )
         self.register_buffer("projection_matrix", self._draw(self.seed))
         # Quadrature projections weight each feature's term (signed): (M',) on the query side.
         self.register_buffer("feature_weights", self._draw_feature_weights(self.seed))
 
     @property
+    def kernel_spec(self) -> Kernel:
+        """The registered :class:`~favor.ops.features.Kernel` that ``kernel`` names."""
+        return get_kernel(self.kernel)
+
+    @property
+    def projection_spec(self) -> Projection:
+        """The registered :class:`~favor.ops.projections.Projection` that ``projection`` names."""
+        return get_projection(self.projection)
+
+    @property
     def feature_dim(self) -> int:
         """Length ``M'`` of each feature vector (``2 * nb_features`` for paired kernels)."""
-        return feature_dim(self.kernel, self.nb_features)
+        return self.kernel_spec.feature_dim(self.nb_features)
 
     def config(self) -> dict:
         """Constructor arguments, JSON-ready: ``FavorAttention(**m.config())`` rebuilds ``m``."""
@@ -166,7 +165,7 @@ class FavorAttention(nn.Module):
 
     def _draw_feature_weights(self, seed: int) -> torch.Tensor | None:
         weights = draw_feature_weights(self.projection, self.nb_features, self.dim_head, seed=seed)
-        if weights is None or self.feature_dim == self.nb_features:
+        if weights is None or not self.kernel_spec.paired:
             return weights
         return torch.cat([weights, weights])  # paired kernels: both halves share a direction
 
@@ -280,9 +279,7 @@ class FavorAttention(nn.Module):
         return torch.zeros(self.state_shape(batch, heads, dim_value), device=device)
 
     def _check_state_is_consistent(self) -> None:
-        if self.kernel in DATA_DEPENDENT_KERNELS and not (
-            self.causal or self.calibration.calibrated
-        ):
+        if self.kernel_spec.data_dependent and not (self.causal or self.calibration.calibrated):
             raise ValueError(
                 f"kernel {self.kernel!r} takes its parameters from each call's q and k until it is "
                 "calibrated, so a state carried between calls would mix feature maps; call "
@@ -297,9 +294,9 @@ class FavorAttention(nn.Module):
         estimate signed too, but its key features can legitimately be far below 1: only an
         exact zero is guarded there.
         """
-        if self.kernel not in POSITIVE_KERNELS:
+        if self.kernel_spec.signed:
             return SIGNED_DENOMINATOR_FLOOR
-        if self.feature_weights is not None:
+        if self.projection_spec.weighted:
             return torch.finfo(torch.float32).tiny
         return None
 

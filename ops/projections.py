@@ -5,23 +5,33 @@ float32. The attention modules store the result as a buffer, so it travels in th
 becomes an initializer in an exported graph. Nothing here is ever called from ``forward``: QR and
 random number generation do not export, and redrawing inside a traced graph would make the graph
 non-deterministic.
+
+:data:`PROJECTION_REGISTRY` maps each ``projection=`` name to its :class:`Projection`; the name
+tuples are read off it, so a new projection is one object added to the registry.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .checks import check_choice
 from .quadrature import sparse_grid_rule
 
-PROJECTIONS = ("gaussian", "orf", "sorf", "qmc", "mm", "sgq", "fastfood", "fastfoodl")
-# Projections that are functions of trainable parameters rather than fixed draws.
-LEARNABLE_PROJECTIONS = ("fastfoodl",)
-# Projections whose rows come with quadrature weights instead of the Monte Carlo 1 / M.
-WEIGHTED_PROJECTIONS = ("sgq",)
 ORF_NORMS = ("chi", "sqrt_d")
+
+ProjectionDraw = Callable[[int, int, int, str], torch.Tensor]
+"""``(nb_features, dim, seed, orf_norm) -> (nb_features, dim)`` rows, float64 or float32."""
+WeightsDraw = Callable[[int, int, int], torch.Tensor]
+"""``(nb_features, dim, seed) -> (nb_features,)`` quadrature weights summing to 1, float64."""
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
 def gaussian_projection(nb_features: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -131,7 +141,7 @@ class LearnableFastfood(nn.Module):
     @torch.no_grad()
     def reset_(self, seed: int) -> None:
         """Draw the diagonals and permutations afresh from ``seed``."""
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        generator = _generator(seed)
         for b in range(self.permutation.shape[0]):
             signs = (
                 torch.randint(0, 2, (self.size,), generator=generator, dtype=torch.float64) * 2 - 1
@@ -192,6 +202,88 @@ def moment_matched_projection(
     return torch.linalg.solve_triangular(cholesky, rows.T, upper=False).T
 
 
+@dataclass(frozen=True)
+class Projection:
+    """One way of drawing the projection ``W (nb_features, dim)``.
+
+    ``draw`` gives the rows for a seed (``orf_norm`` only matters to ORF). ``weights`` gives the
+    quadrature weights of those rows for projections whose kernel estimate is a weighted sum
+    rather than the Monte Carlo mean. ``module`` builds, from ``(nb_features, dim, seed)``, the
+    trainable module whose ``forward()`` is ``W`` and whose ``reset_(seed)`` redraws it, for
+    projections that are functions of trainable parameters rather than fixed draws.
+    """
+
+    name: str
+    draw: ProjectionDraw
+    weights: WeightsDraw | None = None
+    module: Callable[[int, int, int], nn.Module] | None = None
+
+    @property
+    def learnable(self) -> bool:
+        """Whether ``W`` is a function of trainable parameters."""
+        return self.module is not None
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the rows come with quadrature weights, which can make estimates signed."""
+        return self.weights is not None
+
+
+def _from_generator(draw: Callable[[int, int, torch.Generator], torch.Tensor]) -> ProjectionDraw:
+    """The draw from a CPU generator seeded with ``seed``, so every machine gets the same rows."""
+
+    def seeded(nb_features: int, dim: int, seed: int, orf_norm: str) -> torch.Tensor:
+        return draw(nb_features, dim, _generator(seed))
+
+    return seeded
+
+
+def _draw_orthogonal(nb_features: int, dim: int, seed: int, orf_norm: str) -> torch.Tensor:
+    return orthogonal_projection(nb_features, dim, _generator(seed), norm=orf_norm)
+
+
+def _draw_quasi_monte_carlo(nb_features: int, dim: int, seed: int, orf_norm: str) -> torch.Tensor:
+    return quasi_monte_carlo_projection(nb_features, dim, int(seed))
+
+
+def _draw_learnable_fastfood(nb_features: int, dim: int, seed: int, orf_norm: str) -> torch.Tensor:
+    """The module's initial ``W``, computed without recording the graph to its parameters."""
+    with torch.no_grad():
+        return LearnableFastfood(nb_features, dim, int(seed))()
+
+
+def _sparse_grid_nodes(nb_features: int, dim: int, seed: int, orf_norm: str) -> torch.Tensor:
+    return sparse_grid_rule(nb_features, dim, _generator(seed))[0]
+
+
+def _sparse_grid_weights(nb_features: int, dim: int, seed: int) -> torch.Tensor:
+    return sparse_grid_rule(nb_features, dim, _generator(seed))[1]
+
+
+PROJECTION_REGISTRY: dict[str, Projection] = {
+    projection.name: projection
+    for projection in (
+        Projection("gaussian", _from_generator(gaussian_projection)),
+        Projection("orf", _draw_orthogonal),
+        Projection("sorf", _from_generator(structured_orthogonal_projection)),
+        Projection("qmc", _draw_quasi_monte_carlo),
+        Projection("mm", _from_generator(moment_matched_projection)),
+        Projection("sgq", _sparse_grid_nodes, weights=_sparse_grid_weights),
+        Projection("fastfood", _from_generator(fastfood_projection)),
+        Projection("fastfoodl", _draw_learnable_fastfood, module=LearnableFastfood),
+    )
+}
+
+PROJECTIONS = tuple(PROJECTION_REGISTRY)
+LEARNABLE_PROJECTIONS = tuple(name for name, p in PROJECTION_REGISTRY.items() if p.learnable)
+WEIGHTED_PROJECTIONS = tuple(name for name, p in PROJECTION_REGISTRY.items() if p.weighted)
+
+
+def get_projection(name: str) -> Projection:
+    """The projection registered as ``name``; ValueError naming the registered ones otherwise."""
+    return PROJECTION_REGISTRY[check_choice("projection", name, tuple(PROJECTION_REGISTRY))]
+
+
 def draw_projection(
     kind: str, nb_features: int, dim: int, *, seed: int, orf_norm: str = "chi"
 ) -> torch.Tensor:
@@ -200,27 +292,7 @@ def draw_projection(
     The same arguments give the same matrix on every machine, since the draw runs on the CPU
     generator in float64.
     """
-    if kind not in PROJECTIONS:
-        raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}")
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    if kind == "gaussian":
-        weights = gaussian_projection(nb_features, dim, generator)
-    elif kind == "orf":
-        weights = orthogonal_projection(nb_features, dim, generator, norm=orf_norm)
-    elif kind == "sorf":
-        weights = structured_orthogonal_projection(nb_features, dim, generator)
-    elif kind == "fastfood":
-        weights = fastfood_projection(nb_features, dim, generator)
-    elif kind == "fastfoodl":
-        with torch.no_grad():
-            return LearnableFastfood(nb_features, dim, int(seed))()
-    elif kind == "sgq":
-        weights = sparse_grid_rule(nb_features, dim, generator)[0]
-    elif kind == "qmc":
-        weights = quasi_monte_carlo_projection(nb_features, dim, int(seed))
-    else:
-        weights = moment_matched_projection(nb_features, dim, generator)
-    return weights.to(torch.float32)
+    return get_projection(kind).draw(nb_features, dim, seed, orf_norm).to(torch.float32)
 
 
 def draw_feature_weights(
@@ -233,7 +305,7 @@ def draw_feature_weights(
     ``nb_features`` makes plain Monte Carlo the all-ones case. Sparse-grid weights can be
     negative.
     """
-    if kind not in WEIGHTED_PROJECTIONS:
+    weights = get_projection(kind).weights
+    if weights is None:
         return None
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    return (sparse_grid_rule(nb_features, dim, generator)[1] * nb_features).to(torch.float32)
+    return (weights(nb_features, dim, seed) * nb_features).to(torch.float32)

@@ -1,11 +1,25 @@
+import dataclasses
 import itertools
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from favor.ops import FavorAttention
-from favor.ops.features import key_features, query_features, random_features
+from favor.ops.features import (
+    DATA_DEPENDENT_KERNELS,
+    EXPONENTIAL_FAMILY,
+    KERNEL_REGISTRY,
+    KERNELS,
+    PARAMETRIC_KERNELS,
+    POSITIVE_KERNELS,
+    feature_dim,
+    get_kernel,
+    key_features,
+    query_features,
+    random_features,
+)
 from favor.ops.projections import draw_feature_weights, draw_projection
 from tests.helpers import qkv, rel_rms_error
 
@@ -143,3 +157,67 @@ def test_sparse_grid_weights_enter_the_kernel_estimate():
     # Measured: mean 0.0095 and max 0.040 for the grid, mean 0.094 for Monte Carlo.
     assert grid.max() < 0.06, grid.max()
     assert grid.mean() < 0.25 * monte_carlo.mean(), (grid.mean(), monte_carlo.mean())
+
+
+def test_every_kernel_is_its_own_object_registered_under_its_name():
+    for name, kernel in KERNEL_REGISTRY.items():
+        assert kernel.name == name
+    assert len({id(kernel) for kernel in KERNEL_REGISTRY.values()}) == len(KERNEL_REGISTRY)
+
+
+NAME_TUPLES = {
+    "KERNELS": (KERNELS, ("posrf", "hyperbolic", "trigrf", "relu", "oprf", "gerf", "saderf")),
+    "POSITIVE_KERNELS": (
+        POSITIVE_KERNELS,
+        ("posrf", "hyperbolic", "relu", "oprf", "gerf", "saderf"),
+    ),
+    "EXPONENTIAL_FAMILY": (EXPONENTIAL_FAMILY, ("posrf", "oprf", "gerf", "saderf")),
+    "PARAMETRIC_KERNELS": (PARAMETRIC_KERNELS, ("oprf", "gerf", "saderf")),
+    "DATA_DEPENDENT_KERNELS": (DATA_DEPENDENT_KERNELS, ("oprf", "saderf")),
+}
+
+
+@pytest.mark.parametrize(("derived", "expected"), NAME_TUPLES.values(), ids=NAME_TUPLES.keys())
+def test_name_tuples_read_off_the_registry_keep_their_members(derived, expected):
+    assert derived == expected
+
+
+@pytest.mark.parametrize("name", KERNEL_REGISTRY)
+def test_every_map_has_the_kernels_feature_dim_and_declared_sign(name):
+    kernel = KERNEL_REGISTRY[name]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 16, generator=gen) * 0.5
+    w = torch.randn(12, 16, generator=gen)
+    a = torch.tensor(-0.1) if kernel.family else None
+    for phi in (kernel.textbook(x, w, a), kernel.query(x, w, a), kernel.key(x, w, a)):
+        assert phi.shape == (50, kernel.feature_dim(12))
+        assert bool((phi < 0).any()) == kernel.signed
+    # Calibration sets the parameters of the exponential family's ``a`` only.
+    assert kernel.family or not kernel.parametric
+    assert kernel.parametric or not kernel.data_dependent
+
+
+UNKNOWN_KERNEL_CALLS = {
+    "get_kernel": lambda: get_kernel("softmax"),
+    "feature_dim": lambda: feature_dim("softmax", 4),
+    "random_features": lambda: random_features("softmax", torch.ones(3, 8), torch.ones(4, 8)),
+    "query_features": lambda: query_features("softmax", torch.ones(3, 8), torch.ones(4, 8)),
+    "key_features": lambda: key_features("softmax", torch.ones(3, 8), torch.ones(4, 8)),
+}
+
+
+@pytest.mark.parametrize("call", UNKNOWN_KERNEL_CALLS.values(), ids=UNKNOWN_KERNEL_CALLS)
+def test_unknown_kernel_is_a_value_error_naming_the_registered_ones(call):
+    choices = ", ".join(repr(name) for name in KERNEL_REGISTRY)
+    with pytest.raises(ValueError, match=re.escape(f"kernel must be one of {choices}; got")):
+        call()
+
+
+def test_a_kernel_added_to_the_registry_is_usable_by_attention(monkeypatch):
+    again = dataclasses.replace(KERNEL_REGISTRY["trigrf"], name="trigrf-again")
+    monkeypatch.setitem(KERNEL_REGISTRY, again.name, again)
+    q, k, v = qkv(1, 2, 20, 16)
+    added = FavorAttention(16, 32, causal=True, kernel="trigrf-again", chunk_size=8)
+    original = FavorAttention(16, 32, causal=True, kernel="trigrf", chunk_size=8)
+    assert added.denominator_floor() == original.denominator_floor()
+    assert torch.equal(added(q, k, v), original(q, k, v))

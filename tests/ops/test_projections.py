@@ -1,12 +1,24 @@
+import dataclasses
+import itertools
 import math
+import re
 
 import pytest
 import torch
 
-from favor.ops.projections import PROJECTIONS, draw_feature_weights, draw_projection
+from favor.ops import FavorAttention
+from favor.ops.projections import (
+    LEARNABLE_PROJECTIONS,
+    PROJECTION_REGISTRY,
+    PROJECTIONS,
+    WEIGHTED_PROJECTIONS,
+    draw_feature_weights,
+    draw_projection,
+    get_projection,
+)
 
 
-@pytest.mark.parametrize("kind", PROJECTIONS)
+@pytest.mark.parametrize("kind", PROJECTION_REGISTRY)
 def test_same_seed_same_matrix_other_seed_other_matrix(kind):
     a = draw_projection(kind, 48, 16, seed=3)
     assert a.shape == (48, 16) and a.dtype == torch.float32
@@ -77,7 +89,7 @@ def test_qmc_points_are_more_even_than_iid():
     )
 
 
-@pytest.mark.parametrize("kind", PROJECTIONS)
+@pytest.mark.parametrize("kind", PROJECTION_REGISTRY)
 def test_rows_have_gaussian_moments(kind):
     # 16 384 entries: the mean has standard error 1/128 and the variance about sqrt(2)/128, so
     # a 5-sigma band is +-0.04 and +-0.055. A wrong scale (e.g. unit rows) misses by far more.
@@ -108,8 +120,6 @@ def test_unknown_projection_and_norm_are_rejected():
 
 
 def test_fastfoodl_trains_its_diagonals_and_folds_to_the_same_outputs():
-    from favor.ops import FavorAttention
-
     torch.manual_seed(0)
     attn = FavorAttention(16, 40, projection="fastfoodl", causal=True, chunk_size=8)
     q, k, v = (torch.randn(2, 2, 20, 16) * 0.5 for _ in range(3))
@@ -122,3 +132,65 @@ def test_fastfoodl_trains_its_diagonals_and_folds_to_the_same_outputs():
     attn.fold_projection_()
     assert attn.learnable_projection is None and not list(attn.parameters())
     torch.testing.assert_close(attn(q, k, v), trained)
+
+
+def test_every_projection_is_its_own_object_registered_under_its_name():
+    for name, projection in PROJECTION_REGISTRY.items():
+        assert projection.name == name
+    assert len({id(p) for p in PROJECTION_REGISTRY.values()}) == len(PROJECTION_REGISTRY)
+
+
+NAME_TUPLES = {
+    "PROJECTIONS": (
+        PROJECTIONS,
+        ("gaussian", "orf", "sorf", "qmc", "mm", "sgq", "fastfood", "fastfoodl"),
+    ),
+    "LEARNABLE_PROJECTIONS": (LEARNABLE_PROJECTIONS, ("fastfoodl",)),
+    "WEIGHTED_PROJECTIONS": (WEIGHTED_PROJECTIONS, ("sgq",)),
+}
+
+
+@pytest.mark.parametrize(("derived", "expected"), NAME_TUPLES.values(), ids=NAME_TUPLES.keys())
+def test_name_tuples_read_off_the_registry_keep_their_members(derived, expected):
+    assert derived == expected
+
+
+def test_no_projection_falls_back_on_another_ones_draw():
+    drawn = {name: draw_projection(name, 48, 16, seed=3) for name in PROJECTION_REGISTRY}
+    for (name, w), (other, w_other) in itertools.combinations(drawn.items(), 2):
+        assert not torch.allclose(w, w_other), (name, other)
+
+
+UNKNOWN_PROJECTION_CALLS = {
+    "get_projection": lambda: get_projection("sobol"),
+    "draw_projection": lambda: draw_projection("sobol", 8, 4, seed=0),
+    "draw_feature_weights": lambda: draw_feature_weights("sobol", 8, 4, seed=0),
+}
+
+
+@pytest.mark.parametrize("call", UNKNOWN_PROJECTION_CALLS.values(), ids=UNKNOWN_PROJECTION_CALLS)
+def test_unknown_projection_is_a_value_error_naming_the_registered_ones(call):
+    choices = ", ".join(repr(name) for name in PROJECTION_REGISTRY)
+    with pytest.raises(ValueError, match=re.escape(f"projection must be one of {choices}; got")):
+        call()
+
+
+@pytest.mark.parametrize("kind", PROJECTION_REGISTRY)
+def test_attention_takes_weights_and_trainable_module_from_the_registry(kind):
+    projection = PROJECTION_REGISTRY[kind]
+    weights = draw_feature_weights(kind, 48, 16, seed=3)
+    assert (weights is not None) == projection.weighted
+    attn = FavorAttention(16, 48, projection=kind, seed=3)
+    assert (attn.feature_weights is not None) == projection.weighted
+    assert (attn.learnable_projection is not None) == projection.learnable
+    assert torch.equal(attn.projection_weights(), draw_projection(kind, 48, 16, seed=3))
+
+
+def test_a_projection_added_to_the_registry_is_usable_by_attention(monkeypatch):
+    again = dataclasses.replace(PROJECTION_REGISTRY["sgq"], name="sgq-again")
+    monkeypatch.setitem(PROJECTION_REGISTRY, again.name, again)
+    added = FavorAttention(16, 33, projection="sgq-again", seed=5)
+    original = FavorAttention(16, 33, projection="sgq", seed=5)
+    assert torch.equal(added.projection_matrix, original.projection_matrix)
+    assert torch.equal(added.feature_weights, original.feature_weights)
+    assert added.denominator_floor() == original.denominator_floor()
