@@ -6,6 +6,7 @@ looked up by name in :data:`KERNEL_REGISTRY` and :data:`PROJECTION_REGISTRY`.
 """
 
 from .attention import FavorAttention
+from .attention_config import AttentionConfig
 from .features import KERNEL_REGISTRY, KERNELS, Kernel, get_kernel
 from .lara import LaraAttention
 from .multihead import MultiheadFavorAttention
@@ -16,6 +17,7 @@ __all__ = [
     "KERNEL_REGISTRY",
     "PROJECTIONS",
     "PROJECTION_REGISTRY",
+    "AttentionConfig",
     "FavorAttention",
     "Kernel",
     "LaraAttention",

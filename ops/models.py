@@ -16,19 +16,27 @@ import torch
 from torch import nn
 
 from .attention import compute_dtype
-from .checks import check_positive_int
+from .attention_config import AttentionConfig
+from .checks import check_positive_int, tracing
 from .multihead import MultiheadFavorAttention
 
 LMState = tuple[torch.Tensor, ...]
+
+# Smaller than FavorAttention's 256 features: the reference models are sized for tests and samples.
+REFERENCE_ATTENTION = AttentionConfig(nb_features=64)
 
 
 class Block(nn.Module):
     """Pre-norm block on ``(B, N, dim)``: ``x + attn(norm(x))``, then ``x + ff(norm(x))``."""
 
-    def __init__(self, dim: int, heads: int, *, causal: bool, ff_mult: int, **favor_kwargs) -> None:
+    def __init__(
+        self, dim: int, heads: int, *, causal: bool, ff_mult: int, attention: AttentionConfig
+    ) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(dim)
-        self.attn = MultiheadFavorAttention(dim, heads, causal=causal, rotary=True, **favor_kwargs)
+        self.attn = MultiheadFavorAttention(
+            dim, heads, causal=causal, rotary=True, attention=attention
+        )
         self.ff_norm = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
             nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim)
@@ -50,7 +58,11 @@ class Block(nn.Module):
 
 
 class _Transformer(nn.Module):
-    """Token embedding and a stack of blocks; layer ``i`` draws its features from ``seed + i``."""
+    """Token embedding and a stack of blocks; layer ``i`` draws its features from ``seed + i``.
+
+    ``attention_options`` (the :class:`AttentionConfig` fields as keywords) override
+    ``attention``'s: :meth:`config` gives them flat, as checkpoints have always stored them.
+    """
 
     def __init__(
         self,
@@ -60,39 +72,23 @@ class _Transformer(nn.Module):
         heads: int,
         *,
         causal: bool,
-        nb_features: int,
-        kernel: str,
-        projection: str,
-        seed: int,
-        chunk_size: int,
         ff_mult: int,
+        attention: AttentionConfig,
+        attention_options: dict[str, object],
     ) -> None:
         super().__init__()
+        attention = attention.replace(**attention_options)
         self._config = {
             "vocab_size": check_positive_int("vocab_size", vocab_size),
             "dim": check_positive_int("dim", dim),
             "depth": check_positive_int("depth", depth),
             "heads": check_positive_int("heads", heads),
-            "nb_features": nb_features,
-            "kernel": kernel,
-            "projection": projection,
-            "seed": seed,
-            "chunk_size": chunk_size,
             "ff_mult": check_positive_int("ff_mult", ff_mult),
+            **attention.to_json(),
         }
         self.embed = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList(
-            Block(
-                dim,
-                heads,
-                causal=causal,
-                ff_mult=ff_mult,
-                nb_features=nb_features,
-                kernel=kernel,
-                projection=projection,
-                seed=seed + i,
-                chunk_size=chunk_size,
-            )
+            Block(dim, heads, causal=causal, ff_mult=ff_mult, attention=attention.for_layer(i))
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
@@ -102,7 +98,7 @@ class _Transformer(nn.Module):
         return dict(self._config)
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
-        if torch.jit.is_tracing():
+        if tracing():
             return
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
             shape = (
@@ -112,7 +108,12 @@ class _Transformer(nn.Module):
 
 
 class PerformerLM(_Transformer):
-    """Causal FAVOR language model: ``tokens (B, N)`` int64 -> logits ``(B, N, vocab_size)``."""
+    """Causal FAVOR language model: ``tokens (B, N)`` int64 -> logits ``(B, N, vocab_size)``.
+
+    ``attention`` configures every layer's :class:`~favor.ops.attention.FavorAttention`; its
+    fields (``nb_features=64``, ``kernel``, ``projection``, ``seed``, ``chunk_size``,
+    ``orf_norm``, ...) may also be given as keywords, which override ``attention``'s.
+    """
 
     def __init__(
         self,
@@ -121,16 +122,13 @@ class PerformerLM(_Transformer):
         depth: int,
         heads: int,
         *,
-        nb_features: int = 64,
-        kernel: str = "posrf",
-        projection: str = "orf",
-        seed: int = 0,
-        chunk_size: int = 64,
         ff_mult: int = 4,
+        attention: AttentionConfig = REFERENCE_ATTENTION,
+        **attention_options: object,
     ) -> None:
         super().__init__(
-            vocab_size, dim, depth, heads, causal=True, nb_features=nb_features, kernel=kernel,
-            projection=projection, seed=seed, chunk_size=chunk_size, ff_mult=ff_mult,
+            vocab_size, dim, depth, heads, causal=True, ff_mult=ff_mult, attention=attention,
+            attention_options=attention_options,
         )  # fmt: skip
         self.head = nn.Linear(dim, vocab_size)
 
@@ -162,9 +160,7 @@ class PerformerLM(_Transformer):
                 f"{len(self.blocks) + 1} tensors, got {len(state)}"
             )
         offsets, layer_states = state[0], state[1:]
-        if not torch.jit.is_tracing() and (
-            offsets.shape != (batch,) or offsets.is_floating_point()
-        ):
+        if not tracing() and (offsets.shape != (batch,) or offsets.is_floating_point()):
             shape = tuple(offsets.shape)
             raise ValueError(f"state offsets must be an int64 tensor ({batch},), got {shape}")
         positions = offsets.unsqueeze(1) + torch.arange(length, device=tokens.device)
@@ -183,7 +179,8 @@ class PerformerEncoder(_Transformer):
     """Bidirectional FAVOR encoder: ``tokens (B, N)`` -> hidden ``(B, N, dim)``.
 
     With ``num_classes`` it classifies instead: a mean over non-padding positions and a linear
-    head give ``(B, num_classes)`` logits.
+    head give ``(B, num_classes)`` logits. ``attention`` and its fields as keywords work as in
+    :class:`PerformerLM`.
     """
 
     def __init__(
@@ -194,16 +191,13 @@ class PerformerEncoder(_Transformer):
         heads: int,
         *,
         num_classes: int | None = None,
-        nb_features: int = 64,
-        kernel: str = "posrf",
-        projection: str = "orf",
-        seed: int = 0,
-        chunk_size: int = 64,
         ff_mult: int = 4,
+        attention: AttentionConfig = REFERENCE_ATTENTION,
+        **attention_options: object,
     ) -> None:
         super().__init__(
-            vocab_size, dim, depth, heads, causal=False, nb_features=nb_features, kernel=kernel,
-            projection=projection, seed=seed, chunk_size=chunk_size, ff_mult=ff_mult,
+            vocab_size, dim, depth, heads, causal=False, ff_mult=ff_mult, attention=attention,
+            attention_options=attention_options,
         )  # fmt: skip
         self._config["num_classes"] = num_classes
         self.classifier = (

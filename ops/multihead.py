@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import FavorAttention
-from .checks import check_positive_int
+from .attention_config import AttentionConfig
+from .checks import check_positive_int, tracing
 from .rotary import RotaryEmbedding
+
+DEFAULT_ATTENTION = AttentionConfig()
 
 
 class MultiheadFavorAttention(nn.Module):
@@ -20,9 +22,10 @@ class MultiheadFavorAttention(nn.Module):
 
     Extra keywords over ``nn.MultiheadAttention``: ``state``/``return_state`` carry the causal
     state across calls (``return_state=True`` returns ``(out, None, state)``), and ``positions
-    (B, Nq)`` drives the rotary embedding when ``rotary=True``. The remaining keyword arguments
-    (``nb_features``, ``kernel``, ``projection``, ``seed``, ``chunk_size``, ``orf_norm``) go to
-    :class:`FavorAttention`.
+    (B, Nq)`` drives the rotary embedding when ``rotary=True``. ``attention`` configures the
+    :class:`~favor.ops.attention.FavorAttention` inside (default: its own defaults); its fields
+    (``nb_features``, ``kernel``, ``projection``, ``seed``, ``chunk_size``, ``orf_norm``) may also
+    be given as keywords, which override ``attention``'s.
     """
 
     def __init__(
@@ -36,7 +39,8 @@ class MultiheadFavorAttention(nn.Module):
         vdim: int | None = None,
         causal: bool = False,
         rotary: bool = False,
-        **favor_kwargs,
+        attention: AttentionConfig = DEFAULT_ATTENTION,
+        **attention_options: object,
     ) -> None:
         super().__init__()
         self.embed_dim = check_positive_int("embed_dim", embed_dim)
@@ -51,7 +55,7 @@ class MultiheadFavorAttention(nn.Module):
         self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias)
         self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.attention = FavorAttention(self.head_dim, causal=causal, **favor_kwargs)
+        self.attention = attention.replace(**attention_options).build(self.head_dim, causal=causal)
         self.rotary = RotaryEmbedding(self.head_dim) if rotary else None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +63,7 @@ class MultiheadFavorAttention(nn.Module):
         return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _check(self, name: str, x: torch.Tensor, width: int) -> None:
-        if torch.jit.is_tracing():
+        if tracing():
             return
         layout = "(B, N, E)" if self.batch_first else "(N, B, E)"
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != width:
@@ -98,7 +102,7 @@ class MultiheadFavorAttention(nn.Module):
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
         if self.rotary is not None:
-            if not torch.jit.is_tracing() and q.shape[2] != k.shape[2]:
+            if not tracing() and q.shape[2] != k.shape[2]:
                 raise ValueError(
                     "rotary positions need self-attention: query and key lengths differ"
                 )

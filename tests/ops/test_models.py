@@ -1,12 +1,21 @@
-"""The reference models: state continuity, causality, padding, and that they learn."""
+"""The reference models: state continuity, causality, padding, configuration, and learning."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from favor.exporter import load_model, save_checkpoint
+from favor.ops.attention import FavorAttention
+from favor.ops.attention_config import AttentionConfig
 from favor.ops.models import PerformerEncoder, PerformerLM
 
 VOCAB = 40
+MODELS = {"lm": PerformerLM, "encoder": PerformerEncoder}
+# Written before orf_norm was a model option: its config has no orf_norm.
+SAMPLE_CHECKPOINT = Path(__file__).resolve().parents[2] / "samples" / "char_lm" / "char_lm.pt"
 
 
 def _lm(**kwargs):
@@ -67,6 +76,55 @@ def test_config_rebuilds_the_same_model():
     rebuilt.load_state_dict(lm.state_dict())
     tokens = torch.randint(0, VOCAB, (1, 10))
     torch.testing.assert_close(rebuilt(tokens), lm(tokens))
+
+
+def _row_norms(attention: FavorAttention) -> torch.Tensor:
+    return attention.projection_matrix.norm(dim=1)
+
+
+@pytest.mark.parametrize("model_class", MODELS.values(), ids=MODELS.keys())
+def test_orf_norm_reaches_every_layer(model_class):
+    model = model_class(VOCAB, 32, 2, 4, nb_features=24, seed=5, orf_norm="sqrt_d")
+    for i, block in enumerate(model.blocks):
+        attention = block.attn.attention
+        assert attention.orf_norm == "sqrt_d"
+        alone = FavorAttention(8, 24, seed=5 + i, orf_norm="sqrt_d")
+        torch.testing.assert_close(_row_norms(attention), _row_norms(alone))
+        torch.testing.assert_close(_row_norms(attention), torch.full((24,), 8**0.5))
+
+
+def test_orf_norm_survives_config_and_checkpoint(tmp_path):
+    lm = _lm(orf_norm="sqrt_d")
+    config = json.loads(json.dumps(lm.config()))
+    assert config["orf_norm"] == "sqrt_d"
+    assert PerformerLM(**config).config() == lm.config()
+    loaded = load_model(save_checkpoint(lm, tmp_path / "lm.pt")).module
+    assert loaded.config() == lm.config()
+    for block in loaded.blocks:
+        # A redraw shows the norm the rebuilt layer draws with, not the one it loaded.
+        block.attn.attention.redraw_(seed=11)
+        torch.testing.assert_close(_row_norms(block.attn.attention), torch.full((32,), 8**0.5))
+
+
+def test_checkpoint_from_before_orf_norm_loads_with_chi_norms():
+    loaded = load_model(SAMPLE_CHECKPOINT)
+    assert "orf_norm" not in loaded.config
+    assert loaded.module.config()["orf_norm"] == "chi"
+    assert {block.attn.attention.orf_norm for block in loaded.module.blocks} == {"chi"}
+
+
+@pytest.mark.parametrize("model_class", MODELS.values(), ids=MODELS.keys())
+def test_attention_config_and_keywords_build_the_same_model(model_class):
+    keywords = dict(nb_features=16, kernel="hyperbolic", seed=2, chunk_size=8)
+    from_config = model_class(VOCAB, 32, 2, 4, attention=AttentionConfig(**keywords))
+    assert from_config.config() == model_class(VOCAB, 32, 2, 4, **keywords).config()
+    overridden = model_class(VOCAB, 32, 2, 4, attention=AttentionConfig(**keywords), seed=7)
+    assert [b.attn.attention.seed for b in overridden.blocks] == [7, 8]
+
+
+def test_unknown_attention_option_is_a_type_error():
+    with pytest.raises(TypeError, match=r"unknown attention option\(s\) 'nb_feature'"):
+        PerformerLM(VOCAB, 32, 1, 4, nb_feature=16)
 
 
 def test_layers_draw_different_features():

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from favor.ops import MultiheadFavorAttention
+from favor.ops import FavorAttention, MultiheadFavorAttention
+from favor.ops.attention_config import AttentionConfig
 from tests.helpers import rel_rms_error
 
 EMBED, HEADS = 32, 4
@@ -101,3 +102,20 @@ def test_bad_input_is_a_value_error(override, message):
 def test_heads_must_divide_embed_dim():
     with pytest.raises(ValueError, match="divisible by num_heads"):
         MultiheadFavorAttention(30, 4)
+
+
+def test_default_attention_is_favor_attentions_default():
+    assert MultiheadFavorAttention(EMBED, HEADS).attention.config() == FavorAttention(8).config()
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_attention_config_reaches_the_attention(causal):
+    config = AttentionConfig(nb_features=8, kernel="trigrf", orf_norm="sqrt_d", seed=3)
+    module = MultiheadFavorAttention(EMBED, HEADS, causal=causal, attention=config)
+    assert module.attention.config() == {"dim_head": 8, "causal": causal, **config.to_json()}
+
+
+def test_keywords_override_the_attention_config():
+    config = AttentionConfig(nb_features=8, seed=3)
+    module = MultiheadFavorAttention(EMBED, HEADS, attention=config, seed=9, orf_norm="sqrt_d")
+    assert module.attention.config() == FavorAttention(8, 8, seed=9, orf_norm="sqrt_d").config()
