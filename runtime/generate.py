@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from .checks import is_int
 from .sampling import check_sampling, sample_token
 from .session import NUMPY_DTYPES, Session, check_token_ids
 
@@ -38,7 +39,7 @@ class Generator:
     def __init__(self, session: Session, *, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
         if session.kind != "causal-lm":
             raise ValueError(f"Generator needs a causal LM export, got a {session.kind!r} model")
-        if not _is_int_at_least(prefill_chunk, 1):
+        if not is_int(prefill_chunk, 1):
             raise ValueError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
         self.session = session
         self.prefill_chunk = prefill_chunk
@@ -161,9 +162,9 @@ class Generator:
         trained on. ``None`` keeps the whole history in the state.
         """
         check_sampling(temperature, top_k, top_p)
-        if not _is_int_at_least(max_new_tokens, 0):
+        if not is_int(max_new_tokens, 0):
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        if window is not None and not _is_int_at_least(window, 2):
+        if window is not None and not is_int(window, 2):
             raise ValueError(f"window must be an integer >= 2 or None, got {window!r}")
         stops = {stop} if isinstance(stop, int) else set(stop or ())
         prompt = self._check_tokens(prompt_ids, "prompt_ids")
@@ -195,7 +196,3 @@ class Generator:
     ) -> list[int]:
         """The new token ids, as a list: :meth:`stream` collected. Same arguments."""
         return list(self.stream(prompt_ids, max_new_tokens, **kwargs))
-
-
-def _is_int_at_least(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from .checks import is_int
+
 FORMAT = "favor-export-manifest"
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -210,7 +212,7 @@ class _Checker:
             )
             shape = self.require(entry, "shape", lambda v: isinstance(v, list), "a list", where)
             for axis, dim in enumerate(shape):
-                if not (_is_symbol(dim) or (_is_int(dim) and dim >= 1)):
+                if not (_is_symbol(dim) or is_int(dim, at_least=1)):
                     self.fail(f"{where}.shape[{axis}]", "a positive integer or a symbol name", dim)
             if "range" in entry:
                 self.require(
@@ -220,10 +222,6 @@ class _Checker:
 
 
 _MISSING = object()
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_name(value: object) -> bool:
@@ -238,7 +236,7 @@ def _is_range(value: object) -> bool:
     return (
         isinstance(value, list)
         and len(value) == 2
-        and all(_is_int(v) for v in value)
+        and all(is_int(v) for v in value)
         and value[0] < value[1]
     )
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import is_int
+
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """ValueError naming the first sampling parameter that is out of range."""
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and not is_int(top_k, at_least=1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
