@@ -8,6 +8,7 @@ looked up by name in :data:`KERNEL_REGISTRY` and :data:`PROJECTION_REGISTRY`.
 from .attention import FavorAttention
 from .attention_config import AttentionConfig
 from .features import KERNEL_REGISTRY, KERNELS, Kernel, get_kernel
+from .fusion import causal_layers, fused_causal_attention
 from .lara import LaraAttention
 from .multihead import MultiheadFavorAttention
 from .projections import PROJECTION_REGISTRY, PROJECTIONS, Projection, get_projection
@@ -23,6 +24,8 @@ __all__ = [
     "LaraAttention",
     "MultiheadFavorAttention",
     "Projection",
+    "causal_layers",
+    "fused_causal_attention",
     "get_kernel",
     "get_projection",
 ]

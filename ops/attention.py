@@ -18,6 +18,7 @@ from .checks import (
 from .features import Kernel, get_kernel, key_features, query_features
 from .fused import causal_linear_attention
 from .noncausal import noncausal
+from .numerics import append_ones, compute_dtype, divide, saturate_cast
 from .projections import (
     ORF_NORMS,
     Projection,
@@ -30,46 +31,6 @@ from .projections import (
 # 0 / 0 and use the dtype's smallest normal number instead; so do sparse-grid weighted ones,
 # whose key features can be far below 1 (see FavorAttention.denominator_floor).
 SIGNED_DENOMINATOR_FLOOR = 1e-6
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Features and sums run in float32 for half inputs: exp() and long sums need its range."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def append_ones(v: torch.Tensor) -> torch.Tensor:
-    """``(..., Dv) -> (..., Dv + 1)``: the ones column makes the denominator ride along."""
-    return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-
-
-def saturate_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Cast, clamping to ``dtype``'s finite range: an fp16 result saturates instead of becoming inf.
-
-    Only signed estimates (TrigRF, sparse-grid weights) get there, when the denominator lands
-    near zero.
-    """
-    if dtype == x.dtype:
-        return x
-    info = torch.finfo(dtype)
-    return x.clamp(min=info.min, max=info.max).to(dtype)
-
-
-def divide(out: torch.Tensor, *, signed_floor: float | None) -> torch.Tensor:
-    """Split ``(..., Dv + 1)`` into numerator and denominator and divide, guarding the latter.
-
-    ``signed_floor=None`` is for positive estimates, whose denominator only needs to avoid
-    ``0 / 0``; a signed one keeps its sign and stays at least ``signed_floor`` in magnitude.
-    """
-    numerator, denominator = out[..., :-1], out[..., -1:]
-    if signed_floor is None:
-        denominator = denominator.clamp(min=torch.finfo(denominator.dtype).tiny)
-    else:
-        denominator = torch.where(
-            denominator < 0,
-            denominator.clamp(max=-signed_floor),
-            denominator.clamp(min=signed_floor),
-        )
-    return numerator / denominator
 
 
 class FavorAttention(nn.Module):
@@ -111,7 +72,7 @@ class FavorAttention(nn.Module):
         self.orf_norm = check_choice("orf_norm", orf_norm, ORF_NORMS)
         self.causal = bool(causal)
         self.seed = int(seed)
-        # Export-time switch (favor.ops.fused.fused_causal_attention): trace the causal
+        # Export-time switch (favor.ops.fusion.fused_causal_attention): trace the causal
         # contraction as one op that ONNX Runtime runs fused. Not part of the configuration:
         # outputs are the same either way.
         self.fused = False

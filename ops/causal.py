@@ -1,35 +1,21 @@
-"""Causal linear attention in three equivalent forms.
+"""Causal linear attention on feature maps, in its two production forms.
 
 Shapes: ``phi_q, phi_k (B, H, N, M)``; ``values (B, H, N, E)`` whose last column is all ones, so the
 last output column is the denominator; ``state (B, H, M, E)`` is ``sum_j phi(k_j) values_j^T`` over
 every token seen before this call. Its size does not depend on the sequence length.
 
-* :func:`causal_materialized` builds the masked ``N x N`` matrix: O(N^2), the reference.
 * :func:`causal_chunked` is the forward path: a masked quadratic product inside chunks of ``C``
   tokens and prefix sums over per-chunk summaries between them. Memory is
   O(N (M + E) + (N / C) M E) instead of the O(N M E) of a per-token cumulative sum.
 * :func:`causal_step` is the recurrent form for one token.
+
+Both compute the masked ``N x N`` product of :func:`favor.ops.reference.causal_materialized`
+without building it.
 """
 
 from __future__ import annotations
 
 import torch
-
-
-def causal_materialized(
-    phi_q: torch.Tensor,
-    phi_k: torch.Tensor,
-    values: torch.Tensor,
-    state: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference: ``tril(phi_q phi_k^T) values (+ phi_q state)``. Returns ``(out, new_state)``."""
-    scores = torch.tril(phi_q @ phi_k.transpose(-1, -2))
-    out = scores @ values
-    new_state = phi_k.transpose(-1, -2) @ values
-    if state is not None:
-        out = out + phi_q @ state
-        new_state = new_state + state
-    return out, new_state
 
 
 def causal_chunked(

@@ -1,7 +1,8 @@
-"""Argument checks shared by the attention modules.
+"""Argument checks shared by the attention modules, and when to skip them.
 
 Each failure is a ``ValueError`` that names the argument and the shape it should have had.
 Nothing is broadcast silently: a wrong shape is an error even where torch would broadcast it.
+:func:`tracing` is the one test for "a graph is being recorded, leave the checks out".
 """
 
 from __future__ import annotations

@@ -9,17 +9,12 @@ cumsums it is made of: :func:`causal_linear_attention` is that op, registered wi
 ``torch.library``. Its PyTorch implementation *is* :func:`~favor.ops.causal.causal_chunked`, so
 PyTorch results do not change. ``favor.exporter`` translates it to the ONNX node.
 
-:func:`fused_causal_attention` switches the causal :class:`FavorAttention` layers of a model onto
-the op for the duration of an export.
+This module is the op alone; :mod:`favor.ops.fusion` switches a model's layers onto it.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
-from torch import nn
 
 from .causal import causal_chunked
 
@@ -54,28 +49,3 @@ def _(
     return values.new_empty(values.shape), values.new_empty(
         batch, heads, features, values.shape[-1]
     )
-
-
-def causal_layers(model: nn.Module) -> list[nn.Module]:
-    """Every causal :class:`FavorAttention` inside ``model``: the layers the fused op can serve."""
-    from .attention import FavorAttention  # attention imports this module
-
-    return [m for m in model.modules() if isinstance(m, FavorAttention) and m.causal]
-
-
-@contextlib.contextmanager
-def fused_causal_attention(model: nn.Module) -> Iterator[None]:
-    """Route every causal :class:`FavorAttention` in ``model`` through the fused op.
-
-    Outputs are unchanged in PyTorch; only a graph traced inside the context differs. The layers
-    are switched back on exit, even after an error.
-    """
-    layers = causal_layers(model)
-    previous = [layer.fused for layer in layers]
-    for layer in layers:
-        layer.fused = True
-    try:
-        yield
-    finally:
-        for layer, fused in zip(layers, previous, strict=True):
-            layer.fused = fused

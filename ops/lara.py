@@ -28,19 +28,17 @@ softmax over segments, as the paper writes it; the authors' released code normal
 queries instead, which shrinks the query-specific term to ``O(1 / N)``.
 
 The proposals depend on every token, so LARA is bidirectional only, and costs
-``O(N nb_features (D + Dv))`` like FAVOR+. :func:`lara_reference` is the textbook form of the
-same estimator, for tests.
+``O(N nb_features (D + Dv))`` like FAVOR+. The textbook form of the same estimator is
+:func:`favor.ops.reference.lara_reference`.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .attention import append_ones, compute_dtype, divide, saturate_cast
-from .checks import check_key_padding_mask, check_positive_int, check_qkv
+from .checks import check_key_padding_mask, check_positive_int, check_qkv, tracing
+from .numerics import append_ones, compute_dtype, divide, saturate_cast
 
 # Lower clip on the MIS weights a_nc(w); see the module docstring.
 ALPHA_FLOOR = 1e-8
@@ -133,8 +131,7 @@ class LaraAttention(nn.Module):
         ``key_padding_mask (B, N)`` is True at padding tokens: their keys contribute nothing, and
         neither their queries nor their keys move the proposals.
         """
-        if not torch.jit.is_tracing():
-            # Shape checks would bake the example's sizes into a trace.
+        if not tracing():
             check_qkv(q, k, v, dim_head=self.dim_head, causal=False)
             if q.shape[2] != k.shape[2]:
                 raise ValueError(
@@ -197,62 +194,3 @@ class LaraAttention(nn.Module):
         logits = log_alpha + x @ w.transpose(-1, -2) - log_own.unsqueeze(-2) + shift
         weights = torch.exp(logits - logits.amax(dim=-1, keepdim=True).detach())
         return saturate_cast(divide(weights @ summary, signed_floor=None), v.dtype)
-
-
-def lara_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    eps: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Textbook LARA with the samples ``w = mu + eps``; ``eps (C, S, D)`` or ``(B, H, C, S, D)``.
-
-    ``q, k (B, H, N, D)``, ``v (B, H, N, Dv)`` -> ``(B, H, N, Dv)``. Segments come from explicit
-    boundaries ``ceil(c L / C)``; densities, features and MIS weights are evaluated directly,
-    with no shifts and no log domain, so it overflows for large norms. Run it in float64. Tests
-    only.
-    """
-    batch, heads, length, dim = q.shape
-    num_proposals = eps.shape[-3]
-    x, y = q * dim**-0.25, k * dim**-0.25
-    valid = torch.ones(batch, length, dtype=torch.bool)
-    if key_padding_mask is not None:
-        valid = ~key_padding_mask
-    x_bar = x.new_zeros(batch, heads, num_proposals, dim)
-    y_bar = torch.zeros_like(x_bar)
-    occupied = torch.zeros(batch, num_proposals, dtype=torch.bool)
-    for b in range(batch):
-        tokens = valid[b].nonzero().flatten()
-        bounds = [math.ceil(c * len(tokens) / num_proposals) for c in range(num_proposals + 1)]
-        for c in range(num_proposals):
-            segment = tokens[bounds[c] : bounds[c + 1]]
-            if len(segment):
-                x_bar[b, :, c] = x[b, :, segment].mean(dim=1)
-                y_bar[b, :, c] = y[b, :, segment].mean(dim=1)
-                occupied[b, c] = True
-    mu = x_bar + y_bar
-    w = mu.unsqueeze(-2) + eps  # (B, H, C, S, D)
-
-    def gaussian(w: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        return (2 * math.pi) ** (-dim / 2) * torch.exp(-0.5 * ((w - mean) ** 2).sum(dim=-1))
-
-    prior = gaussian(w, 0.0)  # (B, H, C, S)
-    # density[b, h, c, s, c'] = q_c'(w_cs)
-    density = gaussian(w.unsqueeze(-2), mu[:, :, None, None])
-    own = torch.diagonal(density, dim1=2, dim2=4).transpose(-1, -2)
-    balance = own / density.sum(dim=-1)
-    similarity = torch.exp(x @ x_bar.transpose(-1, -2)) * occupied[:, None, None, :]
-    r = similarity / similarity.sum(dim=-1, keepdim=True)  # (B, H, N, C)
-    alpha = (balance.unsqueeze(2) + (r - 1 / num_proposals).unsqueeze(-1)).clamp(min=ALPHA_FLOOR)
-
-    def xi(x: torch.Tensor) -> torch.Tensor:  # (B, H, N, D) -> (B, H, N, C, S)
-        projected = torch.einsum("bhnd,bhcsd->bhncs", x, w)
-        return torch.exp(projected - 0.5 * (x * x).sum(dim=-1)[..., None, None])
-
-    xi_k = xi(y) * valid[:, None, :, None, None]
-    weighted_values = torch.einsum("bhmcs,bhme->bhcse", xi_k, v)
-    weight = alpha * (prior / own).unsqueeze(2) * xi(x)  # (B, H, N, C, S)
-    numerator = torch.einsum("bhncs,bhcse->bhne", weight, weighted_values)
-    denominator = torch.einsum("bhncs,bhcs->bhn", weight, xi_k.sum(dim=2))
-    return numerator / denominator.unsqueeze(-1)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import compute_dtype
 from .attention_config import AttentionConfig
 from .checks import check_positive_int, tracing
 from .multihead import MultiheadFavorAttention
+from .numerics import compute_dtype
 
 LMState = tuple[torch.Tensor, ...]
 

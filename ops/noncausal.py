@@ -10,24 +10,13 @@ from __future__ import annotations
 import torch
 
 
-def noncausal_materialized(
-    phi_q: torch.Tensor,
-    phi_k: torch.Tensor,
-    values: torch.Tensor,
-    state: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Reference: ``(phi_q phi_k^T) values`` with the ``Nq x Nk`` matrix built. Tests only."""
-    out = (phi_q @ phi_k.transpose(-1, -2)) @ values
-    return out if state is None else out + phi_q @ state
-
-
 def noncausal(
     phi_q: torch.Tensor,
     phi_k: torch.Tensor,
     values: torch.Tensor,
     state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fast path: ``phi_q (phi_k^T values)`` in O(N M E). Returns ``(out, new_state)``."""
+    """``phi_q (phi_k^T values)`` in O(N M E). Returns ``(out, new_state)``."""
     summary = phi_k.transpose(-1, -2) @ values
     if state is not None:
         summary = summary + state

@@ -1,12 +1,12 @@
-"""The fused causal op: the same numbers as the plain forms, traced as one op."""
+"""The fused causal op: the numbers of the textbook forms, traced as one op."""
 
 import pytest
 import torch
 
-from favor.ops import FavorAttention
-from favor.ops.causal import causal_materialized
-from favor.ops.fused import causal_layers, causal_linear_attention, fused_causal_attention
+from favor.ops import FavorAttention, causal_layers, fused_causal_attention
+from favor.ops.fused import causal_linear_attention
 from favor.ops.models import PerformerEncoder, PerformerLM
+from favor.ops.reference import causal_materialized, favor_attention_reference
 from tests.helpers import assert_fp32_close, qkv
 
 CHUNK = 16
@@ -28,16 +28,22 @@ def test_op_matches_materialized_reference(length, with_state):
     assert_fp32_close(new_state, expected_state)
 
 
-def test_fused_layer_gives_the_same_outputs_and_state():
-    attn = FavorAttention(16, 24, causal=True, chunk_size=CHUNK, seed=3)
-    q, k, v = qkv(2, 3, 50, 16)
-    plain, plain_state = attn(q, k, v, return_state=True)
+def test_fused_layer_matches_the_textbook_attention_and_continues_from_its_state():
+    length = 50
+    attn = FavorAttention(16, 24, causal=True, chunk_size=CHUNK, seed=3).double()
+    q, k, v = qkv(2, 3, length, 16, dtype=torch.float64)
+
+    def textbook(q, k, v):
+        return favor_attention_reference(q, k, v, attn.projection_matrix, "posrf", causal=True)
+
     with fused_causal_attention(attn):
-        fused, fused_state = attn(q, k, v, return_state=True)
-        continued, _ = attn(q, k, v, state=fused_state, return_state=True)
-    torch.testing.assert_close(fused, plain, rtol=0, atol=0)
-    torch.testing.assert_close(fused_state, plain_state, rtol=0, atol=0)
-    torch.testing.assert_close(continued, attn(q, k, v, state=plain_state), rtol=0, atol=0)
+        out, state = attn(q, k, v, return_state=True)
+        continued = attn(q, k, v, state=state)
+    torch.testing.assert_close(out, textbook(q, k, v), rtol=1e-9, atol=1e-9)
+    # The state stands for the first call's tokens: continuing from it is the second half of
+    # one sequence that holds the tokens twice.
+    twice = textbook(*(torch.cat([t, t], dim=2) for t in (q, k, v)))
+    torch.testing.assert_close(continued, twice[:, :, length:], rtol=1e-9, atol=1e-9)
 
 
 def test_export_sees_one_op_per_causal_layer():

@@ -13,7 +13,7 @@ from torch import nn
 
 from favor.exporter import load_model
 from favor.ops import FavorAttention, LaraAttention
-from favor.ops.lara import lara_reference
+from favor.ops.reference import lara_reference
 from tests.helpers import FORBIDDEN_OPS, export_onnx, qkv, rel_rms_error, run_onnx
 
 DIM = 16
