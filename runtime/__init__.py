@@ -6,8 +6,19 @@
 >>> new_ids = Generator(session).generate(prompt_ids, max_new_tokens=50)
 """
 
+from .contract import Manifest, ManifestError, ModelKind, Sampler, StateEntry, TensorEntry
 from .generate import Generator
-from .manifest import ManifestError
-from .session import Session, TensorInfo
+from .manifest import load_manifest
+from .session import Session
 
-__all__ = ["Generator", "ManifestError", "Session", "TensorInfo"]
+__all__ = [
+    "Generator",
+    "Manifest",
+    "ManifestError",
+    "ModelKind",
+    "Sampler",
+    "Session",
+    "StateEntry",
+    "TensorEntry",
+    "load_manifest",
+]

@@ -21,10 +21,11 @@ from typing import NoReturn
 import numpy as np
 
 from .atomic import atomic_file
+from .contract import ManifestError, ModelKind
+from .dtypes import numpy_dtype
 from .generate import DEFAULT_PREFILL_CHUNK, Generator
-from .manifest import ManifestError
 from .sampling import check_sampling
-from .session import NUMPY_DTYPES, Session, layout
+from .session import Session, layout
 
 EPILOG = """examples:
   favor-run run dist/ --inputs batch.npz --output out.npz
@@ -247,14 +248,13 @@ def _random_inputs(
 ) -> dict[str, np.ndarray]:
     feeds = {}
     state = {inp for inp, _ in session.state}
-    ranges = {e["name"]: e.get("range") for e in session.manifest["inputs"]}
     for info in session.inputs:
         shape = tuple(sizes.get(d, 1) if isinstance(d, str) else d for d in info.shape)
-        dtype = NUMPY_DTYPES[info.dtype]
+        dtype = numpy_dtype(info.dtype)
         if info.name in state:
             feeds[info.name] = np.zeros(shape, dtype)
         elif dtype.kind in "iu":
-            low, high = ranges.get(info.name) or (0, 2)
+            low, high = info.range or (0, 2)
             feeds[info.name] = rng.integers(low, high, shape).astype(dtype)
         elif dtype.kind == "b":
             feeds[info.name] = np.zeros(shape, dtype)
@@ -289,14 +289,14 @@ def command_bench(args: argparse.Namespace) -> None:
     session = _open(args)
     say = _progress(args.quiet or args.as_json)
     rng = np.random.default_rng(0)
-    seq_dim = session.manifest.get("sequence_dim") or "seq"
+    seq_dim = session.manifest.sequence_dim or "seq"
     rows = []
     for seq in args.seq:
         say(f"timing batch={args.batch} {seq_dim}={seq}")
         feeds = _random_inputs(session, {"batch": args.batch, seq_dim: seq}, rng)
         times = _time(lambda f=feeds: session.run(f), args.repeats, args.warmup)
         rows.append(_timing_row(f"call {seq_dim}={seq}", args.batch, times, args.batch * seq))
-    if args.context and session.kind == "causal-lm":
+    if args.context and session.kind is ModelKind.CAUSAL_LM:
         generator = Generator(session)
         for context in args.context:
             say(f"decode after a {context}-token context")

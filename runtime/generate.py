@@ -16,8 +16,10 @@ import numpy as np
 import onnxruntime as ort
 
 from .checks import is_int
+from .contract import ModelKind
+from .dtypes import numpy_dtype
 from .sampling import check_sampling, sample_token
-from .session import NUMPY_DTYPES, Session, check_token_ids
+from .session import Session, check_token_ids
 
 DEFAULT_PREFILL_CHUNK = 4096
 
@@ -37,16 +39,20 @@ class Generator:
     """
 
     def __init__(self, session: Session, *, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
-        if session.kind != "causal-lm":
-            raise ValueError(f"Generator needs a causal LM export, got a {session.kind!r} model")
+        if session.kind is not ModelKind.CAUSAL_LM:
+            raise ValueError(
+                f"Generator needs a causal LM export, got a {session.kind.value!r} model"
+            )
         if not is_int(prefill_chunk, 1):
             raise ValueError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
         self.session = session
         self.prefill_chunk = prefill_chunk
-        self.tokens_input = session.inputs[0]
-        self.logits_output = session.outputs[0].name
+        # Bound by role and name: the manifest's lists need not follow the graph's order.
+        self.tokens_input = session.manifest.tokens
+        logits = session.manifest.logits
+        self.logits_output = logits.name
         self.vocabulary = session.vocabularies.get(
-            self.tokens_input.name, (0, int(session.outputs[0].shape[-1]))
+            self.tokens_input.name, (0, int(logits.shape[-1]))
         )
         self.vocab_size = self.vocabulary[1]
         self._device = "cuda" if session.device == "cuda" else "cpu"
@@ -90,7 +96,7 @@ class Generator:
         if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iu":
             raise ValueError(f"{what} must be a non-empty 1-D sequence of integer token ids")
         check_token_ids(array, what, self.vocabulary)
-        return array.astype(NUMPY_DTYPES[self.tokens_input.dtype])[None, :]
+        return array.astype(numpy_dtype(self.tokens_input.dtype))[None, :]
 
     def _call(self, tokens: np.ndarray) -> np.ndarray:
         """Run ``tokens (1, L)`` from the current state; return logits ``(L, V)``."""
@@ -104,13 +110,14 @@ class Generator:
             state = self._state if self._state is not None else self._empty_state()
             for name, value in state.items():
                 binding.bind_ortvalue_input(name, value)
-            binding.bind_output(self.logits_output, "cpu")
-            for _, output in self.session.state:
-                binding.bind_output(output, self._device)
+            names = [self.logits_output, *(output for _, output in self.session.state)]
+            for name in names:
+                binding.bind_output(name, "cpu" if name == self.logits_output else self._device)
             self.session.run_with_iobinding(binding)
-            outputs = binding.get_outputs()
-            logits = outputs[0].numpy()[0]
-            self._state = {inp: outputs[i + 1] for i, (inp, _) in enumerate(self.session.state)}
+            # get_outputs() lists the outputs in the order they were bound.
+            outputs = dict(zip(names, binding.get_outputs(), strict=True))
+            logits = outputs[self.logits_output].numpy()[0]
+            self._state = {inp: outputs[output] for inp, output in self.session.state}
         except Exception as error:
             # The state may be half-updated: refuse to continue rather than produce garbage.
             self._failure = error

@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import ManifestError, export_files, find_manifest, read_manifest
+from .contract import Manifest, ManifestError, ModelKind, TensorEntry
+from .dtypes import DTYPES, numpy_dtype
+from .manifest import export_files, find_manifest, load_manifest
 
 log = logging.getLogger("favor.runtime")
 
-NUMPY_DTYPES = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "float64": np.dtype(np.float64),
-    "int64": np.dtype(np.int64),
-    "int32": np.dtype(np.int32),
-    "bool": np.dtype(np.bool_),
-}
-# ONNX Runtime's type strings, for checking the graph against the manifest.
-ORT_TYPES = {
-    "float32": "tensor(float)",
-    "float16": "tensor(float16)",
-    "bfloat16": "tensor(bfloat16)",
-    "float64": "tensor(double)",
-    "int64": "tensor(int64)",
-    "int32": "tensor(int32)",
-    "bool": "tensor(bool)",
-}
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -45,20 +28,7 @@ OPTIMIZATION_LEVELS = {
 }
 # Kinds whose integer inputs with a manifest range are token ids, the range their vocabulary.
 # (A "module" export's range is only what validation drew values from.)
-VOCABULARY_KINDS = ("causal-lm", "encoder")
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A graph input or output as the manifest describes it; str dims are symbolic."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    @classmethod
-    def from_json(cls, entry: dict) -> TensorInfo:
-        return cls(entry["name"], entry["dtype"], tuple(entry["shape"]))
+VOCABULARY_KINDS = (ModelKind.CAUSAL_LM, ModelKind.ENCODER)
 
 
 def resolve_providers(providers: str | Sequence[str]) -> list[str]:
@@ -121,8 +91,8 @@ class Session:
         verify: bool = True,
     ) -> None:
         self.manifest_path = find_manifest(path, name)
-        self.manifest = read_manifest(self.manifest_path, verify=verify)
-        if "onnx" not in self.manifest["files"]:
+        self.manifest: Manifest = load_manifest(self.manifest_path, verify=verify)
+        if "onnx" not in self.manifest.files:
             raise ManifestError(
                 f"{self.manifest_path.name} lists no ONNX file (exported with --format torchscript?)"
             )
@@ -143,7 +113,7 @@ class Session:
             hint = (
                 "; the graph uses ONNX Runtime's fused LinearAttention op (--fused-attention), "
                 "which onnxruntime 1.31 has and older or non-contrib builds lack"
-                if self.manifest.get("fused_attention")
+                if self.manifest.fused_attention
                 else ""
             )
             raise ManifestError(
@@ -155,19 +125,20 @@ class Session:
         log.info(
             "favor.runtime: %s on %s", self.onnx_path.name, ", ".join(self._session.get_providers())
         )
-        self.inputs = tuple(TensorInfo.from_json(e) for e in self.manifest["inputs"])
-        self.outputs = tuple(TensorInfo.from_json(e) for e in self.manifest["outputs"])
-        self.state = tuple((s["input"], s["output"]) for s in self.manifest["state"])
+        self.inputs: tuple[TensorEntry, ...] = self.manifest.inputs
+        self.outputs: tuple[TensorEntry, ...] = self.manifest.outputs
+        # (input, output) name pairs: the output of one call is that input of the next.
+        self.state = tuple((s.input, s.output) for s in self.manifest.state)
         self.vocabularies: dict[str, tuple[int, int]] = {
-            e["name"]: tuple(e["range"])
-            for e in self.manifest["inputs"]
-            if "range" in e and self.kind in VOCABULARY_KINDS
+            entry.name: entry.range
+            for entry in self.inputs
+            if entry.range is not None and self.kind in VOCABULARY_KINDS
         }
         self._check_graph_matches_manifest()
 
     @property
-    def kind(self) -> str:
-        return self.manifest["kind"]
+    def kind(self) -> ModelKind:
+        return self.manifest.kind
 
     def _check_graph_matches_manifest(self) -> None:
         graph = {i.name: i.type for i in self._session.get_inputs()}
@@ -183,19 +154,17 @@ class Session:
                     f"{self.onnx_path.name}"
                 )
             for t in declared:
-                if ORT_TYPES.get(t.dtype) != actual[t.name]:
+                if DTYPES[t.dtype].ort != actual[t.name]:
                     raise ManifestError(
                         f"the manifest says {kind} {t.name!r} is {t.dtype}, the graph says {actual[t.name]}"
                     )
 
     def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
         """Zero-filled state inputs for ``batch`` sequences (empty for stateless models)."""
-        infos = {t.name: t for t in self.inputs}
         state = {}
-        for input_name, _ in self.state:
-            info = infos[input_name]
-            shape = tuple(batch if isinstance(d, str) else d for d in info.shape)
-            state[input_name] = np.zeros(shape, dtype=NUMPY_DTYPES[info.dtype])
+        for entry in self.manifest.state_inputs:
+            shape = tuple(batch if isinstance(d, str) else d for d in entry.shape)
+            state[entry.name] = np.zeros(shape, dtype=numpy_dtype(entry.dtype))
         return state
 
     def check_inputs(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
@@ -221,7 +190,7 @@ class Session:
         for name, info in expected.items():
             value = feeds[name]
             array = value if isinstance(value, np.ndarray) else np.asarray(value)
-            want = NUMPY_DTYPES.get(info.dtype)
+            want = DTYPES[info.dtype].numpy
             if want is not None and array.dtype != want:
                 raise ValueError(f"input {name!r} must be {info.dtype}, got {array.dtype}")
             if array.ndim != len(info.shape):

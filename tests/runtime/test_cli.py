@@ -8,6 +8,15 @@ import pytest
 
 from favor.runtime import Session
 from favor.runtime.cli import main
+from tests.runtime.reference import greedy_by_recompute
+
+VOCAB = [chr(ord("a") + i) for i in range(26)] + [" ", ".", ",", "\n"]
+
+
+def _greedy_text(lm_dir, prompt, steps):
+    """``steps`` greedy characters after ``prompt``, decoded without favor-run or a Generator."""
+    new_ids, _ = greedy_by_recompute(Session(lm_dir), [VOCAB.index(c) for c in prompt], steps)
+    return "".join(VOCAB[i] for i in new_ids)
 
 
 def test_run_reads_npz_fills_state_and_writes_outputs(lm_dir, tmp_path, capsys):
@@ -55,8 +64,7 @@ def test_bench_prints_a_table_with_decode_rows(lm_dir, capsys):
 
 
 def test_generate_streams_text(lm_dir, tmp_path, capsys):
-    vocab = [chr(ord("a") + i) for i in range(26)] + [" ", ".", ",", "\n"]
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "vocab.json").write_text(json.dumps(VOCAB))
     assert (
         main(
             [
@@ -72,11 +80,7 @@ def test_generate_streams_text(lm_dir, tmp_path, capsys):
         )
         == 0
     )
-    text = capsys.readouterr().out
-    assert text.startswith("ab") and len(text.rstrip("\n")) >= 2
-
-
-VOCAB = [chr(ord("a") + i) for i in range(26)] + [" ", ".", ",", "\n"]
+    assert capsys.readouterr().out == "ab" + _greedy_text(lm_dir, "ab", 7) + "\n"
 
 
 @pytest.fixture
@@ -240,15 +244,10 @@ def test_output_replaces_a_symlink_instead_of_writing_through_it(lm_dir, files, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["files", "out.npz", "victim.txt"]
 
 
-def test_generate_prefills_in_chunks_to_the_same_text(lm_dir, tmp_path, capsys):
-    vocab = [chr(ord("a") + i) for i in range(26)] + [" ", ".", ",", "\n"]
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    texts = []
-    for chunk in ("3", "4096"):
-        args = ["generate", str(lm_dir), "--vocab", str(tmp_path / "vocab.json"), "-q"]
-        assert (
-            main([*args, "--prompt", "the quick brown fox", "-n", "9", "--prefill-chunk", chunk])
-            == 0
-        )
-        texts.append(capsys.readouterr().out)
-    assert texts[0] == texts[1] and len(texts[0]) > len("the quick brown fox")
+@pytest.mark.parametrize("chunk", ["3", "4096"], ids=["chunked", "whole"])
+def test_generate_prefills_in_chunks_to_the_same_text(lm_dir, tmp_path, capsys, chunk):
+    (tmp_path / "vocab.json").write_text(json.dumps(VOCAB))
+    prompt = "the quick brown fox"
+    args = ["generate", str(lm_dir), "--vocab", str(tmp_path / "vocab.json"), "-q"]
+    assert main([*args, "--prompt", prompt, "-n", "9", "--prefill-chunk", chunk]) == 0
+    assert capsys.readouterr().out == prompt + _greedy_text(lm_dir, prompt, 9) + "\n"

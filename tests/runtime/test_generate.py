@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from favor.runtime import Generator, Session
+from favor.runtime import generate as generate_module
+from tests.runtime.reference import greedy_by_recompute
 
 
 def _torch_greedy(lm, prompt, steps):
@@ -25,10 +27,54 @@ def test_greedy_decode_matches_pytorch_token_for_token(lm_dir, tiny_lm):
     assert generator.generate(prompt, 30) == _torch_greedy(tiny_lm, prompt, 30)
 
 
-def test_stream_yields_the_same_tokens_as_generate(lm_dir):
-    generator = Generator(Session(lm_dir))
-    streamed = list(generator.stream([1, 2, 3], 12, temperature=0.9, seed=4))
-    assert streamed == generator.generate([1, 2, 3], 12, temperature=0.9, seed=4)
+@pytest.fixture
+def chosen_from(monkeypatch):
+    """The logits each token the Generator yields is chosen from, in order.
+
+    Compared rather than the tokens alone: this model's argmax barely depends on the history
+    beyond the last token, its logits do (by about 0.1).
+    """
+    seen = []
+    sample_token = generate_module.sample_token
+
+    def recording(logits, **kwargs):
+        seen.append(logits.copy())
+        return sample_token(logits, **kwargs)
+
+    monkeypatch.setattr(generate_module, "sample_token", recording)
+    return seen
+
+
+DECODES = {
+    "stream": lambda g, prompt, n: list(g.stream(prompt, n)),
+    "generate": lambda g, prompt, n: g.generate(prompt, n),
+}
+
+
+@pytest.mark.parametrize("decode", DECODES.values(), ids=DECODES.keys())
+def test_greedy_decode_matches_recomputing_the_whole_sequence_each_step(
+    lm_dir, decode, chosen_from
+):
+    session = Session(lm_dir)
+    prompt = [1, 2, 3]
+    produced = decode(Generator(session), prompt, 12)
+    expected, expected_logits = greedy_by_recompute(session, prompt, 12)
+    assert produced == expected
+    np.testing.assert_allclose(chosen_from, expected_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_manifest_listing_tensors_in_another_order_decodes_alike(
+    permuted_lm_dir, tiny_lm, chosen_from
+):
+    session = Session(permuted_lm_dir)
+    assert session.inputs[0].name != "tokens" and session.outputs[0].name != "logits"
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]
+    produced = Generator(session).generate(prompt, 12)
+    # PyTorch over the whole sequence: the logits at each position, with no state to mix up.
+    with torch.no_grad():
+        logits = tiny_lm(torch.tensor([prompt + produced]))[0, len(prompt) - 1 : -1].numpy()
+    np.testing.assert_allclose(chosen_from, logits, rtol=1e-4, atol=1e-4)
+    assert produced == logits.argmax(-1).tolist()
 
 
 def test_seed_makes_sampling_reproducible_and_top_k_1_is_greedy(lm_dir):
@@ -118,22 +164,28 @@ def test_generator_needs_a_causal_lm(encoder_dir):
         Generator(Session(encoder_dir))
 
 
-def test_window_rebuilds_the_state_from_recent_tokens(lm_dir, tiny_lm):
+# With a 6-token prompt and window 8, where the history each of 12 new tokens is chosen from
+# starts. The state takes in tokens 0-7 (prompt, then one per step); once it holds 8 it is
+# rebuilt from the last 4 (history[5:9]) and grows to 8 again, then is rebuilt from
+# history[10:14].
+WINDOW_STARTS = [0, 0, 0, 5, 5, 5, 5, 5, 10, 10, 10, 10]
+
+
+def test_window_rebuilds_the_state_from_recent_tokens(lm_dir, tiny_lm, chosen_from):
     generator = Generator(Session(lm_dir))
-    prompt, window = [1, 2, 3, 4, 5, 6], 8
-    produced = generator.generate(prompt, 12, window=window)
-    # Replay in PyTorch: each token is the argmax given at most the history the window allows.
-    history, position, start = list(prompt), len(prompt), 0
-    for expected in produced:
+    prompt = [1, 2, 3, 4, 5, 6]
+    produced = generator.generate(prompt, len(WINDOW_STARTS), window=8)
+    history = prompt + produced
+    for index, start in enumerate(WINDOW_STARTS):
+        context = history[start : len(prompt) + index]
         with torch.no_grad():
-            predicted = int(tiny_lm(torch.tensor([history[start:]]))[0, -1].argmax())
-        assert predicted == expected
-        history.append(predicted)
-        position += 1
-        if position >= window:
-            start, position = len(history) - window // 2, window // 2
-    # Without the window the state would have taken in 6 + 11 tokens by now.
-    assert 0 < generator.position < window
+            expected = tiny_lm(torch.tensor([context]))[0, -1].numpy()
+        np.testing.assert_allclose(
+            chosen_from[index], expected, rtol=1e-4, atol=1e-4,
+            err_msg=f"token {index} should be chosen from history[{start}:]",
+        )  # fmt: skip
+    # The last token was chosen from history[10:17]; without the window, from all 17.
+    assert generator.position == 7
 
 
 def test_window_must_be_at_least_two(lm_dir):

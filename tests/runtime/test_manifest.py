@@ -10,7 +10,7 @@ from favor.exporter import validate_export
 from favor.exporter.errors import ExportError
 from favor.runtime import ManifestError, Session
 from favor.runtime.cli import main
-from favor.runtime.manifest import read_manifest
+from favor.runtime.manifest import load_manifest, read_manifest
 
 MANIFEST = "lm.manifest.json"
 
@@ -64,6 +64,7 @@ OPENERS = {
     "session": lambda d: Session(d),
     "session-unverified": lambda d: Session(d, verify=False),
     "read-manifest": lambda d: read_manifest(d / MANIFEST),
+    "load-manifest": lambda d: load_manifest(d / MANIFEST),
 }
 
 
@@ -165,6 +166,24 @@ BAD_MANIFESTS = {
         lambda m: m.update(sequence_dim=3),
         "sequence_dim must be a symbol name or null, got 3",
     ),
+    "file-without-bytes": (
+        _drop("bytes", lambda m: m["files"]["onnx"]),
+        r"files\.onnx\.bytes must be an integer >= 0, got nothing",
+    ),
+    "state-not-from-zeros": (
+        lambda m: m["state"][0].update(initial="ones"),
+        r"state\[0\]\.initial must be 'zeros', got 'ones'",
+    ),
+    "missing-name": (_drop("name"), "name must be a non-empty string, got nothing"),
+    "sweep-of-zero-batches": (
+        lambda m: m.update(sweep=[{"batch": 0}]),
+        "sweep must be a list of objects of positive integers",
+    ),
+    "two-non-state-outputs": (
+        lambda m: m["state"].pop(),
+        r"kind causal-lm needs exactly one output that is not state \(its logits\), got "
+        r"'logits', 'new_state\.1'",
+    ),
 }
 
 
@@ -187,12 +206,13 @@ UNPARSABLE = {
 }
 
 
+@pytest.mark.parametrize("reader", [read_manifest, load_manifest], ids=["dict", "typed"])
 @pytest.mark.parametrize("text", UNPARSABLE.values(), ids=UNPARSABLE.keys())
-def test_unparsable_manifests_are_manifest_errors(lm_dir, tmp_path, capsys, text):
+def test_unparsable_manifests_are_manifest_errors(lm_dir, tmp_path, capsys, text, reader):
     export_dir = _copy(lm_dir, tmp_path)
     path = export_dir / MANIFEST
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ManifestError, match=r"lm\.manifest\.json"):
-        read_manifest(path)
+        reader(path)
     assert main(["run", str(export_dir)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -32,10 +32,16 @@ def test_opens_from_dir_onnx_or_manifest(lm_dir, path):
     assert Session(target).onnx_path == lm_dir / "lm.onnx"
 
 
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(), reason="onnxruntime-gpu sees CUDA"
+)
 def test_auto_provider_is_cpu_without_onnxruntime_gpu(lm_dir):
     session = Session(lm_dir)
-    expected = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-    assert session.device == expected
+    assert session.providers == ["CPUExecutionProvider"]
+    assert session.device == "cpu"
+
+
+def test_cpu_provider_is_cpu_only(lm_dir):
     assert Session(lm_dir, providers="cpu").providers == ["CPUExecutionProvider"]
 
 
@@ -45,6 +51,17 @@ def test_unavailable_provider_lists_the_available_ones(lm_dir):
         match=r"TensorrtExecutionProvider is not available .*available: .*CPUExecutionProvider",
     ):
         Session(lm_dir, providers="tensorrt")
+
+
+def test_a_manifest_listing_tensors_in_another_order_runs_by_name(permuted_lm_dir, tiny_lm):
+    session = Session(permuted_lm_dir)
+    assert session.inputs[0].name != "tokens"
+    tokens = np.random.default_rng(2).integers(0, 30, (2, 9))
+    out = session.run(tokens=tokens, **session.initial_state(2))
+    with torch.no_grad():
+        expected = tiny_lm(torch.from_numpy(tokens)).numpy()
+    np.testing.assert_allclose(out["logits"], expected, rtol=1e-4, atol=1e-5)
+    assert out["new_state.offsets"].tolist() == [9, 9]
 
 
 def _feeds(session, batch=2, length=5):
