@@ -1,4 +1,10 @@
-"""The Python API: ``export``, ``validate_export`` and ``assert_parity``."""
+"""The Python API: ``export``, ``validate_export`` and ``assert_parity``.
+
+An export is a pipeline: options checked (:class:`.options.ExportOptions`) → model loaded →
+spec (:mod:`.model_specs`) → each format built into a staging directory (:mod:`.formats`) →
+validation of what was built (:mod:`.validation`) → manifest (:mod:`.manifest`) → all files
+published at once (:mod:`.files`).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from favor.runtime.contract import Manifest, ModelKind
 from favor.runtime.manifest import ManifestError, export_files, find_manifest, read_manifest
 
 from .checkpoint import LoadedModel, load_model
 from .errors import ExportError, MissingKernelError, ValidationError
 from .files import check_targets, output_directory, publish, staging_dir, writing
-from .known_models import exportable
+from .formats import FORMAT_REGISTRY, Built, ExportJob, Format, get_format
 from .manifest import (
     build_manifest,
     check_validation_entries,
@@ -21,21 +29,21 @@ from .manifest import (
     spec_from_manifest,
     uncalibrated_causal_layers,
 )
-from .onnx_graph import EXPORTERS, build_onnx, check_opset, describe_outputs, save_onnx
-from .precision import budget, cast_model, cast_spec, files_precision, float32_paths, parse_dtype
-from .quant_budget import INT8_BUDGET, ParityBudget
-from .quantize import INT8_SCHEMES, QuantizedGraph, int8_settings, parse_quantize, quantize_int8
+from .model_specs import exportable, run_example, traced_module
+from .options import DEFAULT_DTYPE, DEFAULT_FORMATS, DEFAULT_OPSET, ExportOptions, check_tolerance
+from .outputs import describe_outputs
+from .precision import (
+    budget,
+    cast_model,
+    cast_spec,
+    files_precision,
+    float32_paths,
+    uncast_spec,
+    upcast,
+)
 from .specs import ModelSpec, embedding_ranges, with_value_ranges
-from .torchscript import build_torchscript
-from .validation import ValidationReport, validate
-
-FORMATS = ("onnx", "torchscript")
-DEFAULT_OPSET = 17
-# Chosen by measurement (`python -m benchmarks.exporters`, README "Choosing the ONNX exporter"):
-# the dynamo exporter's graphs have a third of the nodes and run about 2x faster in ONNX Runtime,
-# for prefill and decode alike. It takes several times longer to export, which a user pays once.
-DEFAULT_EXPORTER = "dynamo"
-DEFAULT_DTYPE = "float32"
+from .validation import Runner, ValidationReport, validate
+from .validation.runners import Expected
 
 Progress = Callable[[str, str], None]
 
@@ -47,7 +55,7 @@ class ExportResult:
     output_dir: Path
     files: dict[str, Path]
     manifest_path: Path
-    manifest: dict
+    manifest: Manifest
     report: ValidationReport | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -60,8 +68,139 @@ class ExportResult:
         return self.files.get("torchscript")
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A loaded model ready for the formats: ``module`` (cast to the export dtype) is what they
+    trace, ``reference`` (float32) what validation compares with."""
+
+    loaded: LoadedModel
+    reference: nn.Module
+    module: nn.Module
+    spec: ModelSpec
+    output_dims: dict[str, tuple[int | str, ...]]
+    output_dtypes: dict[str, str]
+    notes: list[str]
+
+
 def _silent(_stage: str, _message: str) -> None:
     pass
+
+
+def export(
+    model: nn.Module | str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    name: str | None = None,
+    formats: Sequence[str] | str = DEFAULT_FORMATS,
+    exporter: str | None = None,
+    inputs: Sequence[str] = (),
+    validate_outputs: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+    allow_modules: Sequence[str] = (),
+    trust_pickle: bool = False,
+    external_data: bool | None = None,
+    dtype: str = DEFAULT_DTYPE,
+    fused_attention: bool = False,
+    quantize: str | None = None,
+    int8_scheme: str | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export ``model`` to every format in ``formats``, validate the files, write a manifest.
+
+    Files appear only when everything, validation included, succeeded, and all at once: a
+    failure leaves ``output_dir`` as it was (a previous export of the same name intact), or
+    absent if it was created. Every option is checked before the model is read.
+
+    Args:
+        model: an ``nn.Module``, or a path to a favor checkpoint
+            (:func:`~favor.exporter.save_checkpoint`), a TorchScript archive, or (with
+            ``trust_pickle``) a pickled module.
+        output_dir: where to write; default beside the model file (required for a module).
+        opset: the ONNX opset of the graph (14, or 17 with the dynamo exporter, up to the highest
+            the installed onnxruntime runs).
+        name: base name of the files (``NAME.onnx``, ``NAME.torchscript.pt``,
+            ``NAME.manifest.json``); default the model file's stem or the class name.
+        formats: names from :data:`.formats.FORMAT_REGISTRY` (``"onnx"``, ``"torchscript"``), as
+            a sequence or a comma-separated string; default :data:`.options.DEFAULT_FORMATS`.
+        exporter: torch's ONNX exporter, ``"dynamo"`` or ``"torchscript"``; default dynamo, and
+            torchscript for a TorchScript archive.
+        inputs: for models without a registered spec, one ``NAME:DIMS:DTYPE[:LOW..HIGH]``
+            declaration per ``forward`` argument, in order (e.g. ``"x:batch,seq=64,256:float32"``).
+        validate_outputs: compare every format with PyTorch over the spec's sweep of batch sizes
+            and lengths (:mod:`.validation`); a miss raises :class:`ValidationError`.
+        atol, rtol: elementwise tolerances; default per output dtype
+            (:data:`.validation.TOLERANCES`), or the half-precision budget
+            (:data:`.precision.BUDGETS`) with ``dtype``.
+        allow_modules: top-level packages whose classes a checkpoint may name, beyond ``favor``.
+        trust_pickle: allow loading a pickled module, which runs code from the file.
+        external_data: store ONNX weights in ``NAME.onnx.data``; default above 1 GiB.
+        dtype: weights' precision, ``float32``, ``float16`` or ``bfloat16`` (or ``fp32``,
+            ``fp16``, ``bf16``); attention internals and the LM state stay float32, and the
+            export is held to :data:`.precision.BUDGETS` against the float32 model.
+        fused_attention: write causal attention as ONNX Runtime's fused ``LinearAttention`` op
+            instead of the portable chunked graph (dynamo exporter only; PyTorch and TorchScript
+            are unaffected; see :mod:`.linear_attention`).
+        quantize: ``"int8"`` quantizes the ONNX graph's weight MatMuls (dynamic int8, attention
+            core in float; :mod:`.quantize`), held to the int8 parity budget
+            (:mod:`.quant_budget`); the float graph it came from is validated but not written,
+            and the TorchScript archive stays float.
+        int8_scheme: one of :data:`.quantize.INT8_SCHEMES` (default: the one that holds on
+            every CPU); only with ``quantize``.
+        progress: called as ``progress(stage, message)`` at each step.
+
+    Returns:
+        :class:`ExportResult`: the published files by role (``onnx``, ``onnx_data``,
+        ``torchscript``), the manifest and its path, the validation report (None without
+        validation), and warnings (e.g. uncalibrated causal layers).
+
+    Raises:
+        ExportError: bad options or input, an unexportable model, or an unwritable output.
+        ValidationError: a format does not match PyTorch (``error.report`` holds the report).
+    """
+    options = ExportOptions(
+        opset=opset, name=name, formats=formats, exporter=exporter, inputs=inputs,
+        validate=validate_outputs, atol=atol, rtol=rtol, allow_modules=allow_modules,
+        trust_pickle=trust_pickle, external_data=external_data, dtype=dtype,
+        fused_attention=fused_attention, quantize=quantize, int8_scheme=int8_scheme,
+    )  # fmt: skip
+    say = progress or _silent
+    say("load", str(model) if not isinstance(model, nn.Module) else type(model).__name__)
+    loaded, source_path = _load(model, options.allow_modules, options.trust_pickle)
+    chosen_exporter = options.exporter_for(loaded.source)
+    formats_ = [get_format(f).from_options(options, chosen_exporter) for f in options.formats]
+    out, name = _destination(options, loaded, source_path, output_dir, formats_)
+    prepared = _prepare(loaded, options, say)
+    with output_directory(out) as out, staging_dir(out) as stage:
+        job = ExportJob(prepared.module, prepared.spec, prepared.output_dims, name, stage, out, say)
+        built = [f.build(job) for f in formats_]
+        report = None
+        if options.validate:
+            runners = [r for b in built for r in b.runners]
+            report = _validate(
+                prepared.reference, prepared.spec, runners, options.dtype, options.atol,
+                options.rtol, say,
+            )  # fmt: skip
+        files = {role: path for b in built for role, path in b.files.items()}
+        manifest = _manifest(name, prepared, options, built, files, report)
+        manifest_name = f"{name}.manifest.json"
+        with writing(out / manifest_name):
+            (stage / manifest_name).write_bytes(dumps(manifest))
+        if report is not None and not report.passed:
+            raise ValidationError(
+                "the exported model does not match PyTorch; nothing was written", report
+            )
+        say("write", str(out))
+        publish(stage, out, [p.name for p in files.values()] + [manifest_name])
+    return ExportResult(
+        out,
+        {role: out / p.name for role, p in files.items()},
+        out / manifest_name,
+        manifest,
+        report,
+        prepared.notes,
+    )
 
 
 def _load(
@@ -77,107 +216,35 @@ def _load(
     raise ExportError(f"model must be an nn.Module or a path, got {type(model).__name__}")
 
 
-def _parse_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
-    items = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats)]
-    unknown = [f for f in items if f not in FORMATS]
-    if unknown or not items:
-        raise ExportError(
-            f"format must be a comma-separated subset of {', '.join(FORMATS)}, "
-            f"got {','.join(items)!r}"
-        )
-    return tuple(f for f in FORMATS if f in items)
-
-
-def _choose_exporter(loaded: LoadedModel, exporter: str | None) -> str:
-    if exporter is not None and exporter not in EXPORTERS:
-        raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    if loaded.source == "torchscript":
-        if exporter == "dynamo":
-            raise ExportError(
-                "a TorchScript archive can only be exported with --exporter torchscript "
-                "(torch.export cannot read TorchScript)"
-            )
-        return "torchscript"
-    return exporter or DEFAULT_EXPORTER
-
-
-def export(
-    model: nn.Module | str | Path,
-    output_dir: str | Path | None = None,
-    *,
-    opset: int = DEFAULT_OPSET,
-    name: str | None = None,
-    formats: Sequence[str] | str = FORMATS,
-    exporter: str | None = None,
-    inputs: Sequence[str] = (),
-    validate_outputs: bool = True,
-    atol: float | None = None,
-    rtol: float | None = None,
-    allow_modules: Sequence[str] = (),
-    trust_pickle: bool = False,
-    external_data: bool | None = None,
-    dtype: str = DEFAULT_DTYPE,
-    fused_attention: bool = False,
-    quantize: str | None = None,
-    int8_scheme: str | None = None,
-    progress: Progress | None = None,
-) -> ExportResult:
-    """Export ``model`` (a module, or a path to a checkpoint/TorchScript/pickle) and validate it.
-
-    Writes ``<name>.onnx``, ``<name>.torchscript.pt`` and ``<name>.manifest.json`` into
-    ``output_dir`` (default: beside the input file). Files appear only when everything,
-    validation included, succeeded, and all at once: a failure leaves ``output_dir`` as it was
-    (a previous export of the same name intact), or absent if it was created. Raises
-    :class:`ExportError` for bad input and :class:`ValidationError` when the exported files do
-    not match PyTorch.
-
-    ``dtype`` (``float32``, ``float16``, ``bfloat16``, or ``fp32``/``fp16``/``bf16``) casts the
-    weights and float inputs; attention internals and state stay float32, and validation holds
-    the result to :data:`.precision.BUDGETS` against the float32 model (see :mod:`.precision`).
-
-    ``fused_attention`` writes causal attention as ONNX Runtime's fused ``LinearAttention`` op
-    instead of the portable chunked graph (dynamo exporter only; see
-    :mod:`.linear_attention`). PyTorch and TorchScript are unaffected.
-
-    ``quantize="int8"`` quantizes the ONNX graph's weight MatMuls (dynamic int8, attention
-    core in float; see :mod:`.quantize`) and holds it to the int8 parity budget
-    (:mod:`.quant_budget`); the float graph it came from is validated as usual but not
-    written, and the TorchScript archive stays float. ``int8_scheme`` names one of
-    :data:`.quantize.INT8_SCHEMES` (default: the one that holds on every CPU).
-    """
-    say = progress or _silent
-    quantize = parse_quantize(quantize)
-    settings = int8_settings(int8_scheme)
-    dtype = parse_dtype(dtype)
-    chosen_formats = _parse_formats(formats)
-    say("load", str(model) if not isinstance(model, nn.Module) else type(model).__name__)
-    loaded, source_path = _load(model, allow_modules, trust_pickle)
-    chosen_exporter = _choose_exporter(loaded, exporter)
-    if "onnx" in chosen_formats:
-        check_opset(opset, chosen_exporter)
-    elif fused_attention:
-        raise ExportError("--fused-attention changes the ONNX graph, and --format has no onnx")
-    elif quantize:
-        raise ExportError("--quantize int8 quantizes the ONNX graph, and --format has no onnx")
-    if quantize and dtype != "float32":
-        raise ExportError(f"--quantize int8 needs float32 weights, got --dtype {dtype}")
+def _destination(
+    options: ExportOptions,
+    loaded: LoadedModel,
+    source_path: Path | None,
+    output_dir: str | Path | None,
+    formats: list[Format],
+) -> tuple[Path, str]:
+    """The output directory and base name, after checking that nothing is in the way."""
     if output_dir is None:
         if source_path is None:
             raise ExportError("output_dir is required when exporting a module object")
         output_dir = source_path.parent
-    name = name or (source_path.stem if source_path else type(loaded.module).__name__.lower())
+    name = options.name or (
+        source_path.stem if source_path else type(loaded.module).__name__.lower()
+    )
     if not name or "/" in name or name.startswith("."):
         raise ExportError(f"name {name!r} cannot be used as a file name")
-    names = _file_names(name)
-    check_targets([Path(output_dir) / n for n in names.values()], source_path)
-    reference, spec = exportable(loaded.module, list(inputs))
-    module, spec = cast_model(reference, dtype), cast_spec(spec, dtype)
-    if dtype != "float32":
+    names = [n for f in formats for n in f.file_names(name).values()]
+    check_targets([Path(output_dir) / n for n in [*names, f"{name}.manifest.json"]], source_path)
+    return Path(output_dir), name
+
+
+def _prepare(loaded: LoadedModel, options: ExportOptions, say: Progress) -> _Prepared:
+    """Spec the model, cast it to the export dtype, and find its outputs' dims."""
+    reference, spec = exportable(loaded.module, list(options.inputs))
+    module, spec = cast_model(reference, options.dtype), cast_spec(spec, options.dtype)
+    if options.dtype != "float32":
         kept = len(float32_paths(module))
-        say("precision", f"{dtype} weights; {kept} attention/rotary modules stay float32")
-    default_atol, default_rtol = budget(dtype)  # None for float32: validation's per-dtype defaults
-    atol = default_atol if atol is None else atol
-    rtol = default_rtol if rtol is None else rtol
+        say("precision", f"{options.dtype} weights; {kept} attention/rotary modules stay float32")
     say(
         "model",
         f"{loaded.source} {loaded.class_path or type(loaded.module).__name__}: {spec.kind}, "
@@ -191,104 +258,43 @@ def export(
     for note in notes:
         say("warning", note)
     dims, dtypes = describe_outputs(module, spec)
-    quantized: QuantizedGraph | None = None
-    float_onnx: Path | None = None  # an int8 export's float graph: validated, never published
-    with output_directory(Path(output_dir)) as out, staging_dir(out) as stage:
-        files: dict[str, Path] = {}
-        if "onnx" in chosen_formats:
-            say("export", f"ONNX opset {opset} with torch's {chosen_exporter} exporter")
-            graph = build_onnx(
-                module, spec, dims, opset=opset, exporter=chosen_exporter,
-                fused_attention=fused_attention,
-            )  # fmt: skip
-            say("check", "onnx.checker (full check) and shape inference")
-            onnx_name = f"{name}.float32.onnx" if quantize else names["onnx"]
-            with writing(out / onnx_name):
-                written = save_onnx(graph, stage / onnx_name, external_data=external_data)
-            if quantize:
-                float_onnx, quantized = stage / written[0], quantize_int8(graph, module, settings)
-                say("quantize", quantized.summary())
-                with writing(out / names["onnx"]):
-                    written = save_onnx(
-                        quantized.model, stage / names["onnx"], external_data=external_data
-                    )
-            files["onnx"] = stage / written[0]
-            if len(written) > 1:
-                files["onnx_data"] = stage / written[1]
-        if "torchscript" in chosen_formats:
-            say("trace", "TorchScript")
-            with writing(out / names["torchscript"]):
-                build_torchscript(module, spec, stage / names["torchscript"])
-            files["torchscript"] = stage / names["torchscript"]
-        report = None
-        if validate_outputs:
-            report = _validate(
-                reference, spec, files, atol, rtol, dtype, say,
-                budget=quantized.settings.budget if quantized else None, float_onnx=float_onnx,
-            )  # fmt: skip
-        manifest = _manifest(
-            name,
-            spec,
-            dims,
-            dtypes,
-            loaded,
-            opset if "onnx" in chosen_formats else None,
-            chosen_exporter,
-            files,
-            report,
-            dtype,
-            fused_attention,
-            quantized.to_json() if quantized else None,
-        )
-        manifest_name = names["manifest"]
-        with writing(out / manifest_name):
-            (stage / manifest_name).write_bytes(dumps(manifest))
-        if report is not None and not report.passed:
-            raise ValidationError(
-                "the exported model does not match PyTorch; nothing was written", report
-            )
-        say("write", str(out))
-        publish(stage, out, [p.name for p in files.values()] + [manifest_name])
-    return ExportResult(
-        out,
-        {role: out / p.name for role, p in files.items()},
-        out / manifest_name,
-        manifest,
-        report,
-        notes,
-    )
+    return _Prepared(loaded, reference, module, spec, dims, dtypes, notes)
 
 
-def _file_names(name: str) -> dict[str, str]:
-    """The files an export named ``name`` may publish, by role."""
-    return {
-        "onnx": f"{name}.onnx",
-        "onnx_data": f"{name}.onnx.data",  # save_onnx's name for external data
-        "torchscript": f"{name}.torchscript.pt",
-        "manifest": f"{name}.manifest.json",
-    }
+def _expected(reference: nn.Module, dtype: str) -> Expected:
+    """PyTorch's outputs: the float32 ``reference`` model, on half inputs upcast for a half
+    export (:mod:`.precision`)."""
+
+    def expect(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            out = reference(*(upcast(inputs) if dtype != "float32" else inputs))
+        return out if isinstance(out, tuple) else (out,)
+
+    return expect
 
 
 def _validate(
-    reference: nn.Module, spec: ModelSpec, files, atol, rtol, dtype: str, say: Progress,
-    *, budget: ParityBudget | None = None, float_onnx: Path | None = None,
-) -> ValidationReport:  # fmt: skip
-    """Validate the written files against ``reference``, the float32 model for half exports.
+    reference: nn.Module,
+    spec: ModelSpec,
+    runners: Sequence[Runner] | Callable[[], Sequence[Runner]],
+    dtype: str,
+    atol: float | None,
+    rtol: float | None,
+    say: Progress,
+) -> ValidationReport:
+    """Validate ``runners`` against ``reference``; ``atol``/``rtol`` default to ``dtype``'s.
 
-    With ``budget`` ``files["onnx"]`` is an int8 graph, held to that parity budget;
-    ``float_onnx``, the graph it was quantized from (only at export time), gets the usual
-    elementwise checks.
+    ``runners`` may be a callable that loads them: a kernel missing from ONNX Runtime shows up
+    when a runner loads its file.
     """
-    onnx_path, quantized_path = files.get("onnx"), None
-    if budget is not None:
-        onnx_path, quantized_path = float_onnx, onnx_path
+    default_atol, default_rtol = budget(dtype)
     try:
+        loaded = runners() if callable(runners) else runners
         report = validate(
-            reference, spec,
-            onnx_path=onnx_path, torchscript_path=files.get("torchscript"),
-            atol=atol, rtol=rtol, progress=lambda message: say("validate", message),
-            upcast_inputs=dtype != "float32", quantized_onnx_path=quantized_path,
-            budget=budget,
+            spec, _expected(reference, dtype), loaded,
+            atol=default_atol if atol is None else atol,
+            rtol=default_rtol if rtol is None else rtol,
+            progress=lambda message: say("validate", message),
         )  # fmt: skip
     except MissingKernelError as error:
         if dtype != "bfloat16":
@@ -303,15 +309,21 @@ def _validate(
 
 
 def _manifest(
-    name, spec: ModelSpec, dims, dtypes, loaded: LoadedModel, opset, exporter, files, report,
-    dtype, fused_attention, quantization,
-) -> dict:  # fmt: skip
+    name: str,
+    prepared: _Prepared,
+    options: ExportOptions,
+    built: list[Built],
+    files: dict[str, Path],
+    report: ValidationReport | None,
+) -> Manifest:
+    loaded = prepared.loaded
+    entries = {key: value for b in built for key, value in b.manifest.items()}
     return build_manifest(
-        name=name, spec=spec, output_dims=dims, output_dtypes=dtypes, model=loaded.module,
+        name=name, spec=prepared.spec, output_dims=prepared.output_dims,
+        output_dtypes=prepared.output_dtypes, model=loaded.module,
         source={"format": loaded.source, "class": loaded.class_path, "config": loaded.config},
-        opset=opset, exporter=exporter if "onnx" in files else None, files=files,
-        validation=None if report is None else report.to_json(), dtype=dtype,
-        fused_attention=fused_attention, quantization=quantization,
+        files=files, validation=None if report is None else report.to_json(),
+        dtype=options.dtype, format_entries=entries,
     )  # fmt: skip
 
 
@@ -328,36 +340,54 @@ def validate_export(
 ) -> ValidationReport:
     """Re-run export-time validation of an existing export against ``model``.
 
-    Checks the manifest's sha256 of every file first. Nothing the check depends on is read
-    from the export under test: tolerances are ``atol``/``rtol`` or the project's defaults for
-    the recorded dtype (:func:`.precision.budget`), an int8 graph is held to the budget of the
-    recorded scheme (:data:`.quantize.INT8_SCHEMES`), and integer inputs are drawn over the
-    whole range of the model's embedding that reads them. Returns the report; it does not
-    raise on a mismatch.
+    Nothing the check depends on is read from the export under test: the sha256 of every file
+    is checked first; tolerances are ``atol``/``rtol`` or the project's defaults for the
+    dtype the files hold (:func:`.precision.budget`); an int8 graph is held to the budget of
+    the recorded scheme (:data:`.quantize.INT8_SCHEMES`); integer inputs are drawn over the
+    whole range of the model's embedding that reads them. The cases are the manifest's own
+    (example sizes and sweep), bounded in size.
+
+    Args:
+        model: the PyTorch model the export came from, as for :func:`export`.
+        export_dir: the export directory, its ``.onnx`` file or its manifest.
+        name: which export, when the directory holds several.
+        atol, rtol: elementwise tolerances, as for :func:`export`.
+        allow_modules, trust_pickle: how ``model`` may be loaded, as for :func:`export`.
+        progress: called as ``progress(stage, message)`` at each step.
+
+    Returns:
+        The :class:`ValidationReport`; it does not raise on a mismatch (see
+        :func:`assert_parity`).
+
+    Raises:
+        ExportError: a missing, altered or inconsistent export, or a model that cannot load.
     """
+    check_tolerance("atol", atol)
+    check_tolerance("rtol", rtol)
     say = progress or _silent
     try:
         manifest_path = find_manifest(Path(export_dir), name)
         say("load", str(manifest_path))
-        manifest = read_manifest(manifest_path)
+        raw = read_manifest(manifest_path)
+        # The schema's word on the entries validation reads, before the typed checks.
+        check_validation_entries(raw, manifest_path.name)
+        manifest = Manifest.from_json(raw, manifest_path.name)
     except ManifestError as error:
         raise ExportError(str(error)) from None
-    check_validation_entries(manifest, manifest_path.name)
     files = export_files(manifest_path, manifest)
-    dtype = manifest.get("dtype", "float32")  # manifests from before --dtype are float32
-    quantization = manifest.get("quantization")
-    _check_recorded_precision(dtype, quantization is not None, files, manifest_path.name)
+    dtype = manifest.dtype
+    _check_recorded_precision(dtype, manifest.quantization is not None, files, manifest_path.name)
     loaded, _ = _load(model, allow_modules, trust_pickle)
-    declared = (
-        [_declaration(i, dtype) for i in manifest["inputs"]] if manifest["kind"] == "module" else []
-    )
-    module, model_spec = exportable(loaded.module, declared)
-    spec = with_value_ranges(spec_from_manifest(manifest), embedding_ranges(module, model_spec))
-    default_atol, default_rtol = budget(dtype)
+    module = traced_module(loaded.module)
+    spec = spec_from_manifest(manifest)
+    model_spec = uncast_spec(spec, dtype)  # what the float32 model takes
+    if spec.kind is ModelKind.MODULE:
+        run_example(module, model_spec)  # an ExportError if forward rejects the recorded inputs
+    spec = with_value_ranges(spec, embedding_ranges(module, model_spec))
+    formats = [f for cls in FORMAT_REGISTRY.values() if (f := cls.from_manifest(manifest))]
     return _validate(
-        module, spec, files,
-        default_atol if atol is None else atol, default_rtol if rtol is None else rtol,
-        dtype, say, budget=None if quantization is None else _int8_budget(quantization),
+        module, spec, lambda: [r for f in formats for r in f.runners(files, spec)], dtype, atol,
+        rtol, say,
     )  # fmt: skip
 
 
@@ -379,23 +409,20 @@ def _check_recorded_precision(
         )
 
 
-def _int8_budget(quantization: dict) -> ParityBudget:
-    """The project's budget for the int8 scheme the manifest names, never one stored in it."""
-    settings = INT8_SCHEMES.get(quantization.get("scheme"))
-    return INT8_BUDGET if settings is None else settings.budget
-
-
-def _declaration(entry: dict, dtype: str) -> str:
-    # A half export's float inputs were declared float32 and cast: the model takes float32.
-    declared = "float32" if entry["dtype"] == dtype != "float32" else entry["dtype"]
-    text = f"{entry['name']}:{','.join(map(str, entry['shape']))}:{declared}"
-    return text + (f":{entry['range'][0]}..{entry['range'][1]}" if "range" in entry else "")
-
-
 def assert_parity(
     model: nn.Module | str | Path, export_dir: str | Path, *, name: str | None = None, **kwargs
 ) -> ValidationReport:
-    """pytest-friendly: raise ``AssertionError`` with the per-output table when parity fails."""
+    """pytest-friendly :func:`validate_export`: raise ``AssertionError`` with the per-output
+    table when parity fails.
+
+    Args:
+        model, export_dir, name: as for :func:`validate_export`.
+        **kwargs: the other keywords of :func:`validate_export` (``atol``, ``rtol``,
+            ``allow_modules``, ``trust_pickle``, ``progress``).
+
+    Returns:
+        The passing :class:`ValidationReport`.
+    """
     report = validate_export(model, export_dir, name=name, **kwargs)
     if not report.passed:
         raise AssertionError(f"exported model does not match PyTorch:\n{report.table()}")

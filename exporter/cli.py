@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .api import DEFAULT_DTYPE, DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS, FORMATS
 from .errors import ExportError, Terminated, ValidationError, exception_chain, one_line
 from .files import atomic_write_bytes, writing
-from .onnx_graph import MIN_OPSET, MIN_OPSET_BY_EXPORTER
+from .formats import FORMAT_REGISTRY
+from .onnx_graph import EXPORTERS, MIN_OPSET, MIN_OPSET_BY_EXPORTER
+from .options import DEFAULT_DTYPE, DEFAULT_EXPORTER, DEFAULT_FORMATS, DEFAULT_OPSET
 from .precision import ALIASES, BUDGETS
 from .quant_budget import INT8_BUDGET
 from .quantize import DEFAULT_SCHEME, INT8_SCHEMES, QUANTIZE_MODES
@@ -283,9 +284,9 @@ object on failure too, with the error and the exit code.
 @click.option(
     "--format",
     "formats",
-    default=",".join(FORMATS),
+    default=",".join(DEFAULT_FORMATS),
     show_default=True,
-    help=f"What to write: {', '.join(FORMATS)}, or several, comma-separated.",
+    help=f"What to write: {', '.join(FORMAT_REGISTRY)}, or several, comma-separated.",
 )
 @click.option(
     "--exporter",
@@ -336,8 +337,8 @@ object on failure too, with the error and the exit code.
 )
 @click.option(
     "--int8-scheme",
-    default=DEFAULT_SCHEME,
-    show_default=True,
+    default=None,
+    show_default=DEFAULT_SCHEME,
     metavar=f"[{'|'.join(INT8_SCHEMES)}]",
     help="How --quantize int8 quantizes. u8s8-7bit holds its budget on every CPU; u8s8 (8-bit "
     "weights) is more precise on CPUs with AVX-512 VNNI but saturates on AVX2 and wasm; u8u8 "

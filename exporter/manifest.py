@@ -22,11 +22,19 @@ from torch import nn
 
 from favor.ops import FavorAttention
 from favor.ops.features import DATA_DEPENDENT_KERNELS
-from favor.runtime.manifest import FORMAT, FORMAT_VERSION, sha256_file
+from favor.runtime.contract import (
+    FORMAT,
+    FORMAT_VERSION,
+    FileEntry,
+    Manifest,
+    Sampler,
+    StateEntry,
+    TensorEntry,
+)
+from favor.runtime.manifest import sha256_file
 
 from .errors import ExportError
 from .specs import ModelSpec, StateSpec, TensorSpec
-from .torchscript import archive_call
 from .versions import package_version
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
@@ -80,68 +88,62 @@ def build_manifest(
     output_dtypes: dict[str, str],
     model: nn.Module,
     source: dict,
-    opset: int | None,
-    exporter: str | None,
     files: dict[str, Path],
     validation: dict | None,
     dtype: str = "float32",
-    fused_attention: bool = False,
-    quantization: dict | None = None,
-) -> dict:
-    """The manifest as a JSON-ready dict; ``files`` maps role (``onnx``...) to written paths.
+    format_entries: dict | None = None,
+) -> Manifest:
+    """The manifest of an export; ``files`` maps role (``onnx``...) to written paths.
 
     ``dtype`` is the precision of the weights (:mod:`.precision`); input, output and state
-    entries carry their own dtypes. ``fused_attention`` says the ONNX graph runs causal
-    attention as ONNX Runtime's ``LinearAttention`` op (:mod:`.linear_attention`).
-    ``quantization`` is :meth:`.quantize.QuantizedGraph.to_json` for an int8 ONNX graph (the
-    TorchScript archive stays float), None otherwise. ``"torchscript"`` says how the archive is
-    called (:func:`.torchscript.archive_call`), None without one.
+    entries carry their own dtypes. ``format_entries`` are the formats' own entries
+    (:attr:`.formats.Built.manifest`): the ONNX graph's ``opset``, ``exporter``,
+    ``fused_attention`` (causal attention as ONNX Runtime's ``LinearAttention`` op) and
+    ``quantization`` (an int8 graph's scheme and what was quantized); the TorchScript
+    archive's ``torchscript`` (how it is called). Each is null (false) without its format.
     """
+    entries = dict(format_entries or {})
     inputs = {t.name: t for t in spec.inputs}
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "kind": spec.kind,
-        "versions": library_versions(),
-        "opset": opset,
-        "exporter": exporter,
-        "fused_attention": fused_attention,
-        "dtype": dtype,
-        "quantization": quantization,
-        "source": source,
-        "inputs": [t.to_json() | {"sampler": t.sampler} for t in spec.inputs],
-        "outputs": [
-            {"name": n, "dtype": output_dtypes[n], "shape": list(output_dims[n])}
-            for n in spec.output_names
-        ],
-        "state": [
-            {
-                "input": s.input,
-                "output": s.output,
-                "dtype": inputs[s.input].dtype,
-                "shape": list(inputs[s.input].dims),
-                "initial": "zeros",
-            }
+    manifest = Manifest(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        name=name,
+        kind=spec.kind,
+        versions=library_versions(),
+        opset=entries.pop("opset", None),
+        exporter=entries.pop("exporter", None),
+        fused_attention=entries.pop("fused_attention", False),
+        dtype=dtype,
+        quantization=entries.pop("quantization", None),
+        source=source,
+        inputs=tuple(t.entry() for t in spec.inputs),
+        outputs=tuple(
+            TensorEntry(n, output_dtypes[n], tuple(output_dims[n])) for n in spec.output_names
+        ),
+        state=tuple(
+            StateEntry(s.input, s.output, inputs[s.input].dtype, inputs[s.input].dims)
             for s in spec.states
-        ],
-        "torchscript": archive_call(spec) if "torchscript" in files else None,
-        "sequence_dim": spec.sequence_dim,
-        "chunk_size": spec.chunk_size,
-        "attention": attention_layers(model),
-        "example_sizes": spec.example_sizes,
-        "sweep": list(spec.sweep),
-        "validation": validation,
-        "files": {
-            role: {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        ),
+        torchscript=entries.pop("torchscript", None),
+        sequence_dim=spec.sequence_dim,
+        chunk_size=spec.chunk_size,
+        attention=tuple(attention_layers(model)),
+        example_sizes=dict(spec.example_sizes),
+        sweep=tuple(dict(case) for case in spec.sweep),
+        validation=validation,
+        files={
+            role: FileEntry(path.name, sha256_file(path), path.stat().st_size)
             for role, path in files.items()
         },
-    }
+    )
+    if entries:  # a format's new entry belongs in the contract (favor.runtime.contract) first
+        raise ValueError(f"the manifest has no entry {', '.join(entries)}")
+    return manifest
 
 
-def dumps(manifest: dict) -> bytes:
+def dumps(manifest: Manifest) -> bytes:
     """Stable bytes: the same manifest always serializes identically."""
-    return (json.dumps(manifest, indent=2) + "\n").encode()
+    return (json.dumps(manifest.to_json(), indent=2) + "\n").encode()
 
 
 @functools.cache
@@ -175,25 +177,21 @@ def check_validation_entries(manifest: dict, source: str) -> None:
                 )
 
 
-def spec_from_manifest(manifest: dict) -> ModelSpec:
-    """Rebuild the :class:`ModelSpec` an export was made and validated with."""
+def spec_from_manifest(manifest: Manifest) -> ModelSpec:
+    """The :class:`ModelSpec` an export was made and validated with."""
     inputs = tuple(
         TensorSpec(
-            i["name"],
-            tuple(i["shape"]),
-            i["dtype"],
-            *(i.get("range") or (0, 2)),
-            sampler=i.get("sampler", "data"),
+            e.name, e.shape, e.dtype, *(e.range or (0, 2)), sampler=e.sampler or Sampler.DATA
         )
-        for i in manifest["inputs"]
+        for e in manifest.inputs
     )
     return ModelSpec(
-        manifest["kind"],
+        manifest.kind,
         inputs,
-        tuple(o["name"] for o in manifest["outputs"]),
-        dict(manifest["example_sizes"]),
-        tuple(dict(s) for s in manifest["sweep"]),
-        states=tuple(StateSpec(s["input"], s["output"]) for s in manifest["state"]),
-        sequence_dim=manifest.get("sequence_dim"),
-        chunk_size=manifest.get("chunk_size"),
+        tuple(o.name for o in manifest.outputs),
+        dict(manifest.example_sizes),
+        tuple(dict(s) for s in manifest.sweep),
+        states=tuple(StateSpec(s.input, s.output) for s in manifest.state),
+        sequence_dim=manifest.sequence_dim,
+        chunk_size=manifest.chunk_size,
     )

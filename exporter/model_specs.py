@@ -1,19 +1,24 @@
 """How each kind of model is exported: the module to trace and its :class:`ModelSpec`.
 
-The reference models of :mod:`favor.ops.models` need no declarations. Any other module is
-exported from its ``--input`` declarations, with its outputs flattened into a tuple.
+Model classes with known inputs register a spec builder (:func:`register_spec`): the reference
+models of :mod:`favor.ops.models` need no declarations, and an importer adds its model classes
+the same way. Any other module is exported from its ``--input`` declarations, with its outputs
+flattened into a tuple.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from favor.ops import FavorAttention
 from favor.ops.models import PerformerEncoder, PerformerLM
+from favor.runtime.contract import ModelKind
 
 from .errors import ExportError
 from .specs import ModelSpec, StateSpec, TensorSpec, declared_spec, infer_value_ranges
@@ -59,6 +64,36 @@ def flatten_outputs(result: object) -> tuple[torch.Tensor, ...]:
     )
 
 
+@dataclass(frozen=True)
+class SpecBuilder:
+    """How a registered model class is exported: ``spec(model)`` describes the module that
+    ``wrap(model)`` returns, whose call takes the spec's inputs in order."""
+
+    spec: Callable[[nn.Module], ModelSpec]
+    wrap: Callable[[nn.Module], nn.Module]
+
+
+SPEC_REGISTRY: dict[type[nn.Module], SpecBuilder] = {}
+
+
+def register_spec(
+    model_class: type[nn.Module], *, wrap: Callable[[nn.Module], nn.Module] = lambda m: m
+) -> Callable[[Callable[[nn.Module], ModelSpec]], Callable[[nn.Module], ModelSpec]]:
+    """Decorator: the decorated ``spec(model) -> ModelSpec`` describes ``model_class`` (and its
+    subclasses), exported as ``wrap(model)``."""
+
+    def decorate(spec: Callable[[nn.Module], ModelSpec]) -> Callable[[nn.Module], ModelSpec]:
+        SPEC_REGISTRY[model_class] = SpecBuilder(spec, wrap)
+        return spec
+
+    return decorate
+
+
+def spec_builder(model: nn.Module) -> SpecBuilder | None:
+    """The builder registered for ``model``'s class or its nearest registered base class."""
+    return next((SPEC_REGISTRY[c] for c in type(model).__mro__ if c in SPEC_REGISTRY), None)
+
+
 def _sequence_sweep(chunk: int, example: int) -> tuple[dict[str, int], ...]:
     # Length 1 (decode), a length that is not a multiple of the chunk, one that is, and one
     # longer than the traced example: each would expose a shape baked into the graph.
@@ -70,27 +105,35 @@ def _sequence_sweep(chunk: int, example: int) -> tuple[dict[str, int], ...]:
     )
 
 
+@register_spec(PerformerLM, wrap=lambda lm: LMStep(lm).eval())
 def lm_spec(lm: PerformerLM) -> ModelSpec:
+    """``tokens, state.offsets, state.0, ...`` -> ``logits, new_state.offsets, new_state.0, ...``:
+    the state entries are the model's own :meth:`~PerformerLM.initial_state`, batch-symbolic."""
     config = lm.config()
     chunk = config["chunk_size"]
     example = {"batch": 2, "seq": 2 * chunk + 5}
+    offsets, *layers = lm.initial_state(1)
+    carried = {"offsets": offsets, **{str(i): layer for i, layer in enumerate(layers)}}
     inputs = [TensorSpec("tokens", ("batch", "seq"), "int64", high=config["vocab_size"])]
-    inputs.append(TensorSpec("state.offsets", ("batch",), "int64", sampler="zeros"))
-    outputs = ["logits", "new_state.offsets"]
-    states = [StateSpec("state.offsets", "new_state.offsets")]
-    for i, block in enumerate(lm.blocks):
-        attention = block.attn.attention
-        dims = ("batch", block.attn.num_heads, attention.feature_dim, block.attn.head_dim + 1)
-        inputs.append(TensorSpec(f"state.{i}", dims, "float32", sampler="zeros"))
-        outputs.append(f"new_state.{i}")
-        states.append(StateSpec(f"state.{i}", f"new_state.{i}"))
+    inputs += [
+        TensorSpec(f"state.{key}", ("batch", *t.shape[1:]), _dtype_name(t), sampler="zeros")
+        for key, t in carried.items()
+    ]
+    states = [StateSpec(f"state.{key}", f"new_state.{key}") for key in carried]
     return ModelSpec(
-        "causal-lm", tuple(inputs), tuple(outputs), example, _sequence_sweep(chunk, example["seq"]),
-        states=tuple(states), sequence_dim="seq", chunk_size=chunk,
+        ModelKind.CAUSAL_LM, tuple(inputs), ("logits", *(s.output for s in states)), example,
+        _sequence_sweep(chunk, example["seq"]), states=tuple(states), sequence_dim="seq",
+        chunk_size=chunk,
     )  # fmt: skip
 
 
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+@register_spec(PerformerEncoder, wrap=lambda encoder: encoder.eval())
 def encoder_spec(encoder: PerformerEncoder) -> ModelSpec:
+    """``tokens, key_padding_mask`` -> ``logits`` (with a classifier head) or ``hidden``."""
     config = encoder.config()
     chunk = config["chunk_size"]
     example = {"batch": 2, "seq": 2 * chunk + 5}
@@ -100,7 +143,7 @@ def encoder_spec(encoder: PerformerEncoder) -> ModelSpec:
     )
     output = "logits" if config["num_classes"] is not None else "hidden"
     return ModelSpec(
-        "encoder", inputs, (output,), example, _sequence_sweep(chunk, example["seq"]),
+        ModelKind.ENCODER, inputs, (output,), example, _sequence_sweep(chunk, example["seq"]),
         sequence_dim="seq", chunk_size=chunk,
     )  # fmt: skip
 
@@ -124,26 +167,39 @@ def fold_projections(model: nn.Module) -> nn.Module:
     return folded
 
 
+def traced_module(model: nn.Module) -> nn.Module:
+    """The module export traces for ``model``: its registered wrapper, or for any other module
+    one whose outputs are a flat tuple. Learnable projections are folded (a copy)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        # A loaded TorchScript module cannot be traced from inside another module; torch's
+        # exporters flatten its tuple outputs themselves.
+        return model
+    model = fold_projections(model)
+    builder = spec_builder(model)
+    return builder.wrap(model) if builder else FlatOutputs(model).eval()
+
+
 def exportable(model: nn.Module, declared_inputs: list[str]) -> tuple[nn.Module, ModelSpec]:
-    """The module to trace and its spec. Reference models take no ``declared_inputs``."""
-    if not isinstance(model, torch.jit.ScriptModule):
-        model = fold_projections(model)
-    if declared_inputs and isinstance(model, (PerformerLM, PerformerEncoder)):
-        raise ExportError(
-            f"{type(model).__name__} is a reference model with known inputs; drop --input"
-        )
-    if isinstance(model, PerformerLM):
-        return LMStep(model).eval(), lm_spec(model)
-    if isinstance(model, PerformerEncoder):
-        return model.eval(), encoder_spec(model)
-    # A loaded TorchScript module cannot be traced from inside another module; torch's
-    # exporters flatten its tuple outputs themselves.
-    wrapped = model if isinstance(model, torch.jit.ScriptModule) else FlatOutputs(model).eval()
+    """The module to trace and its spec. Registered model classes take no ``declared_inputs``."""
+    module = traced_module(model)
+    builder = None if isinstance(model, torch.jit.ScriptModule) else spec_builder(model)
+    if builder is not None:
+        if declared_inputs:
+            raise ExportError(f"{type(model).__name__} is a model with known inputs; drop --input")
+        return module, builder.spec(model)
     probe = declared_spec(declared_inputs, ("output",))
+    probe = infer_value_ranges(module, probe)
+    outputs = run_example(module, probe)
+    names = ("output",) if len(outputs) == 1 else tuple(f"output_{i}" for i in range(len(outputs)))
+    return module, dataclasses.replace(probe, output_names=names)
+
+
+def run_example(module: nn.Module, spec: ModelSpec) -> tuple[torch.Tensor, ...]:
+    """``module``'s flat outputs on ``spec``'s example: an ExportError if its forward rejects
+    inputs shaped as ``spec`` declares them."""
     try:
         with torch.no_grad():
-            probe = infer_value_ranges(wrapped, probe)
-            outputs = flatten_outputs(wrapped(*probe.example()))
+            return flatten_outputs(module(*spec.example()))
     except ExportError:
         raise
     except Exception as error:  # the user's forward rejected the declared inputs
@@ -151,5 +207,3 @@ def exportable(model: nn.Module, declared_inputs: list[str]) -> tuple[nn.Module,
             f"the model's forward failed on inputs shaped as declared by --input: "
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         ) from error
-    names = ("output",) if len(outputs) == 1 else tuple(f"output_{i}" for i in range(len(outputs)))
-    return wrapped, dataclasses.replace(probe, output_names=names)

@@ -8,7 +8,7 @@ dtype, and every float graph input declared ``float32``.
 :class:`~favor.ops.lara.LaraAttention` keep their projection matrices, feature weights,
 calibration statistics and noise in float32, and compute feature maps, sums, the chunked
 CumSum and the carried state in float32 whatever their inputs' dtype
-(:func:`favor.ops.attention.compute_dtype`); only their output is cast back, saturating.
+(:func:`favor.ops.numerics.compute_dtype`); only their output is cast back, saturating.
 :class:`~favor.ops.rotary.RotaryEmbedding` keeps its frequencies in float32: float16 cannot
 even hold positions above 2048 exactly. Hence:
 
@@ -152,6 +152,17 @@ def cast_spec(spec: ModelSpec, dtype: str) -> ModelSpec:
                 "float32 inputs only: declare it float32"
             )
     return dataclasses.replace(spec, inputs=tuple(inputs))
+
+
+def uncast_spec(spec: ModelSpec, dtype: str) -> ModelSpec:
+    """The float32 model's spec for an export whose float inputs :func:`cast_spec` made
+    ``dtype``: those inputs back to float32."""
+    if dtype == "float32":
+        return spec
+    inputs = tuple(
+        dataclasses.replace(t, dtype="float32") if t.dtype == dtype else t for t in spec.inputs
+    )
+    return dataclasses.replace(spec, inputs=inputs)
 
 
 def upcast(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

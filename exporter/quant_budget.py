@@ -111,7 +111,7 @@ def check_budget(
         return BudgetResult(math.inf, math.inf, False, note, {})
     got64, want64 = got.astype(np.float64), want.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite values fail below, by name
-        diff = np.nan_to_num(got64 - want64, nan=math.inf)
+        diff = np.nan_to_num(got64 - want64, nan=math.inf, posinf=math.inf, neginf=-math.inf)
         max_abs = float(np.abs(diff).max(initial=0.0))
         norm = float(np.linalg.norm(want64))
         error = float(np.linalg.norm(diff))

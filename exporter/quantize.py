@@ -36,7 +36,7 @@ from torch import nn
 
 from .attention_modules import class_name, is_attention
 from .errors import ExportError
-from .onnx_graph import _opset_of, onnxruntime_limits
+from .onnx_graph import onnxruntime_limits, opset_of
 from .quant_budget import INT8_BUDGET, ParityBudget
 
 QUANTIZE_MODES = ("int8",)
@@ -368,7 +368,7 @@ def _restore_interface(quantized: onnx.ModelProto, original: onnx.ModelProto) ->
     Its shape inference fills value_info with the exporter's internal symbols, which the runtime
     needs none of; inputs and outputs are copied back so their dim names are the export's.
     """
-    before, after = _opset_of(original), _opset_of(quantized)
+    before, after = opset_of(original), opset_of(quantized)
     if after != before:
         raise ExportError(f"quantization changed the graph's opset from {before} to {after}")
     del quantized.graph.value_info[:]

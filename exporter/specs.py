@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import nn
 
+from favor.runtime.contract import ModelKind, Sampler, TensorEntry
+from favor.runtime.dtypes import DTYPE_NAMES
+
 from .errors import ExportError
 
-TORCH_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "bool": torch.bool,
-}
-SAMPLERS = ("data", "zeros", "padding-mask")
+# The manifest's dtype names (favor.runtime.dtypes) as torch dtypes.
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 _SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_EXAMPLE_SIZE = {"batch": 2}
 DEFAULT_SYMBOL_SIZE = 24
@@ -47,21 +43,24 @@ class TensorSpec:
     dtype: str
     low: int = 0
     high: int | None = None
-    sampler: str = "data"
+    sampler: Sampler = Sampler.DATA
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sampler", _member(Sampler, self.sampler, "sampler"))
 
     @property
     def integer_data(self) -> bool:
         """Random integers, e.g. token ids: the input whose values need a range."""
-        return self.sampler == "data" and self.dtype.startswith("int")
+        return self.sampler is Sampler.DATA and self.dtype.startswith("int")
 
     def shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
         return tuple(d if isinstance(d, int) else sizes[d] for d in self.dims)
 
     def sample(self, sizes: dict[str, int], generator: torch.Generator) -> torch.Tensor:
         shape, dtype = self.shape(sizes), TORCH_DTYPES[self.dtype]
-        if self.sampler == "zeros":
+        if self.sampler is Sampler.ZEROS:
             return torch.zeros(shape, dtype=dtype)
-        if self.sampler == "padding-mask":
+        if self.sampler is Sampler.PADDING_MASK:
             # Each row keeps a random-length prefix (at least one token) and pads the rest.
             length = shape[-1]
             keep = torch.randint(1, length + 1, (*shape[:-1], 1), generator=generator)
@@ -77,11 +76,11 @@ class TensorSpec:
             )
         return torch.randint(self.low, self.high, shape, generator=generator, dtype=dtype)
 
-    def to_json(self) -> dict:
-        entry: dict = {"name": self.name, "dtype": self.dtype, "shape": list(self.dims)}
-        if self.integer_data and self.high is not None:
-            entry["range"] = [self.low, self.high]
-        return entry
+    def entry(self) -> TensorEntry:
+        """The manifest's entry: the range only for integer data (token ids), where known."""
+        known = self.integer_data and self.high is not None
+        value_range = (self.low, self.high) if known else None
+        return TensorEntry(self.name, self.dtype, self.dims, value_range, self.sampler)
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ class StateSpec:
 class ModelSpec:
     """Inputs, outputs, state wiring and the shapes to trace and validate at."""
 
-    kind: str  # "causal-lm", "encoder" or "module"
+    kind: ModelKind
     inputs: tuple[TensorSpec, ...]
     output_names: tuple[str, ...]
     example_sizes: dict[str, int]
@@ -104,7 +103,9 @@ class ModelSpec:
     states: tuple[StateSpec, ...] = ()
     sequence_dim: str | None = None
     chunk_size: int | None = None
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", _member(ModelKind, self.kind, "model kind"))
 
     @property
     def symbols(self) -> list[str]:
@@ -119,6 +120,15 @@ class ModelSpec:
 
     def example(self) -> tuple[torch.Tensor, ...]:
         return self.sample(self.example_sizes)
+
+
+def _member(names: type[Enum], value: object, what: str) -> Enum:
+    """``value`` as a member of ``names``; an unknown name is an ExportError listing the known."""
+    try:
+        return names(value)
+    except ValueError:
+        known = ", ".join(member.value for member in names)
+        raise ExportError(f"unknown {what} {value!r}; one of {known}") from None
 
 
 def parse_input_spec(text: str) -> tuple[TensorSpec, dict[str, int]]:
@@ -187,7 +197,7 @@ def declared_spec(texts: list[str], output_names: tuple[str, ...]) -> ModelSpec:
         {s: 1 for s in symbols},
         {s: 2 * examples[s] + 1 for s in symbols},
     )
-    return ModelSpec("module", tuple(specs), output_names, examples, sweep)
+    return ModelSpec(ModelKind.MODULE, tuple(specs), output_names, examples, sweep)
 
 
 def embedding_ranges(model: nn.Module, spec: ModelSpec) -> dict[str, tuple[int, int]]:

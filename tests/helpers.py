@@ -9,10 +9,31 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from favor.exporter import onnx_graph
+from favor.exporter.formats.onnx import OnnxFormat
+from favor.exporter.formats.torchscript import TorchScriptFormat
+from favor.exporter.quantize import QuantizationSettings
+from favor.exporter.specs import ModelSpec
+from favor.exporter.validation import ValidationReport, validate
 
-# The graph ops favor-export refuses, as a set to intersect a graph's op types with.
-FORBIDDEN_OPS = frozenset(onnx_graph.FORBIDDEN_OPS)
+# ONNX ops no exported graph may hold, from the ONNX operator list rather than the exporter's:
+# the ops that draw random numbers (they take a ``seed``) and the control-flow ops (they run a
+# subgraph: a branch or a loop body). Dropout takes a seed too but is the identity unless its
+# ``training_mode`` input is true, as it never is in inference. A set to intersect a graph's op
+# types with.
+FORBIDDEN_OPS = frozenset(
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+        "If",
+        "Loop",
+        "Scan",
+        "SequenceMap",
+    }
+)
 
 
 def qkv(
@@ -117,3 +138,26 @@ def assert_estimates_close(
         return
     error = (actual.double() - expected.double()).abs().max().item()
     assert error < 10 * rtol * expected.abs().max().item(), error
+
+
+def validate_files(
+    module: torch.nn.Module,
+    spec: ModelSpec,
+    files: dict[str, Path],
+    *,
+    int8: QuantizationSettings | None = None,
+) -> ValidationReport:
+    """Validate exported ``files`` (role -> path) against ``module``, through the runners their
+    formats give, as favor-validate does; ``int8`` marks ``files["onnx"]`` as an int8 graph."""
+    formats = []
+    if "onnx" in files:
+        formats.append(OnnxFormat(None, None, int8=int8))
+    if "torchscript" in files:
+        formats.append(TorchScriptFormat())
+
+    def expected(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            out = module(*inputs)
+        return out if isinstance(out, tuple) else (out,)
+
+    return validate(spec, expected, [r for f in formats for r in f.runners(files, spec)])

@@ -1,4 +1,4 @@
-"""torch -> TorchScript: traced graphs behind a scripted front that takes the model's own call.
+"""``--format torchscript``: traced graphs behind a scripted front that takes the model's own call.
 
 A traced graph takes exactly the tensors it was traced with, so each optional argument is
 traced both ways, given and omitted, and a small scripted front picks the trace. The ONNX
@@ -22,14 +22,25 @@ the manifest's inputs. The archive holds only TorchScript code and tensors, so
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from .errors import ExportError
-from .known_models import flatten_outputs
-from .specs import ModelSpec
+from favor.runtime.contract import Manifest, ModelKind
+
+from ..errors import ExportError
+from ..files import writing
+from ..model_specs import flatten_outputs
+from ..specs import ModelSpec
+from ..validation import Runner
+from ..validation.runners import Run, loaded_or_raising, to_numpy
+from .base import Built, ExportJob, Format, register_format
+
+if TYPE_CHECKING:
+    from ..options import ExportOptions
 
 
 class _LMSteps(nn.Module):
@@ -98,11 +109,11 @@ def _trace(module: nn.Module, example: tuple) -> torch.jit.ScriptModule:
 def _archive(module: nn.Module, spec: ModelSpec) -> torch.jit.ScriptModule:
     """The module to save for ``module``, the module export traces for ``spec``."""
     example = spec.example()
-    if spec.kind == "causal-lm":
+    if spec.kind is ModelKind.CAUSAL_LM:
         steps = _LMSteps(module.model)  # module is the LMStep wrapping the user's model
         fresh, continued = _trace(steps, example[:1]), _trace(steps, (example[0], [*example[1:]]))
         return torch.jit.script(_CausalLMCall(fresh, continued))
-    if spec.kind == "encoder":
+    if spec.kind is ModelKind.ENCODER:
         unmasked, masked = _trace(module, example[:1]), _trace(module, example)
         return torch.jit.script(_EncoderCall(unmasked, masked))
     return _trace(_Outputs(module), example)
@@ -138,7 +149,7 @@ def call_archive(
     A causal LM archive from before ``return_state`` takes and returns the graph's flat tensors.
     """
     arguments = {a.name for a in archive.forward.schema.arguments}
-    if spec.kind == "causal-lm" and "return_state" in arguments:
+    if spec.kind is ModelKind.CAUSAL_LM and "return_state" in arguments:
         logits, state = archive(inputs[0], list(inputs[1:]), True)
         return (logits, *state)
     outputs = archive(*inputs)
@@ -153,7 +164,7 @@ def archive_call(spec: ModelSpec) -> dict:
     """
     names = [t.name for t in spec.inputs]
     outputs = list(spec.output_names)
-    if spec.kind == "causal-lm":
+    if spec.kind is ModelKind.CAUSAL_LM:
         state = ", ".join(outputs[1:])
         return {
             "call": "archive(tokens, state=None, return_state=False)",
@@ -164,7 +175,7 @@ def archive_call(spec: ModelSpec) -> dict:
             ],
             "returns": f"{outputs[0]}; with return_state=True, ({outputs[0]}, [{state}])",
         }
-    if spec.kind == "encoder":
+    if spec.kind is ModelKind.ENCODER:
         return {
             "call": "archive(tokens, key_padding_mask=None)",
             "arguments": [
@@ -178,3 +189,45 @@ def archive_call(spec: ModelSpec) -> dict:
         "arguments": [{"name": n, "inputs": [n], "optional": False} for n in names],
         "returns": outputs[0] if len(outputs) == 1 else f"({', '.join(outputs)})",
     }
+
+
+@register_format
+class TorchScriptFormat(Format):
+    """``NAME.torchscript.pt``: the archive, called as the model is (module docstring)."""
+
+    name = "torchscript"
+
+    @classmethod
+    def from_options(cls, options: ExportOptions, exporter: str) -> Format:
+        return cls()
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> Format | None:
+        return cls() if "torchscript" in manifest.files else None
+
+    def file_names(self, name: str) -> dict[str, str]:
+        return {"torchscript": f"{name}.torchscript.pt"}
+
+    def build(self, job: ExportJob) -> Built:
+        job.say("trace", "TorchScript")
+        path = job.stage / self.file_names(job.name)["torchscript"]
+        with writing(job.out / path.name):
+            build_torchscript(job.module, job.spec, path)
+        files = {"torchscript": path}
+        return Built(files, self.runners(files, job.spec), {"torchscript": archive_call(job.spec)})
+
+    def runners(self, files: Mapping[str, Path], spec: ModelSpec) -> list[Runner]:
+        path = files["torchscript"]
+        return [Runner("torchscript", loaded_or_raising(lambda: _torchscript_run(path, spec)))]
+
+
+def _torchscript_run(path: Path, spec: ModelSpec) -> Run:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        archive = torch.jit.load(str(path), map_location="cpu")
+
+    def run(x: tuple[Tensor, ...]) -> list:
+        with torch.no_grad():
+            return [to_numpy(t) for t in call_archive(archive, spec, x)]
+
+    return run

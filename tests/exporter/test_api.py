@@ -26,7 +26,7 @@ def test_causal_saderf_lm_exports_with_its_calibration(calibrate, tmp_path):
     checkpoint = save_checkpoint(lm, tmp_path / "lm.pt")
     result = export(checkpoint, tmp_path / "out", exporter="torchscript")
     assert result.report is not None and result.report.passed
-    layers = result.manifest["attention"]
+    layers = result.manifest.to_json()["attention"]
     assert [layer["calibrated"] for layer in layers] == [calibrate, calibrate]
     if calibrate:
         assert result.warnings == []
@@ -89,7 +89,7 @@ def float_and_int8_manifests(lm_checkpoint, tmp_path_factory):
         lm_checkpoint, root / "int8", exporter="torchscript", formats="onnx", quantize="int8",
         validate_outputs=False,
     )  # fmt: skip
-    return float32.output_dir, int8.manifest["quantization"]
+    return float32.output_dir, int8.manifest.to_json()["quantization"]
 
 
 # Each edit of a float32 export's manifest that would change what favor-validate holds it to,

@@ -19,11 +19,10 @@ from click.testing import CliRunner
 from torch import nn
 
 from favor.exporter import ExportError, ValidationError, assert_parity, export, save_checkpoint
-from favor.exporter import api as export_api
-from favor.exporter.api import EXPORTERS
 from favor.exporter.cli import export_command, validate_command
 from favor.exporter.manifest import SCHEMA_PATH
-from favor.exporter.onnx_graph import onnxruntime_limits
+from favor.exporter.onnx_graph import EXPORTERS, onnxruntime_limits
+from favor.exporter.options import ExportOptions
 from favor.exporter.precision import parse_dtype
 from favor.exporter.quantize import int8_settings, parse_quantize
 from favor.runtime import Session
@@ -309,7 +308,7 @@ def test_a_directory_in_the_way_leaves_the_previous_export_intact_and_loadable(
     assert "lm.torchscript.pt: a directory is in the way" in _error_lines(result.stderr)[0]
     (tmp_path / "lm.torchscript.pt").rmdir()
     assert _tree(tmp_path) == before
-    assert Session(tmp_path).manifest["kind"] == "encoder"
+    assert Session(tmp_path).manifest.kind == "encoder"
 
 
 # Subprocesses under a file-size limit: a shell starts them with SIGXFSZ's default action.
@@ -506,7 +505,7 @@ def test_json_failures_print_one_object_with_the_error_and_exit_code(
 
 # How export() reads the arguments that favor-export spells its own way.
 API_READS = {
-    "formats": export_api._parse_formats,
+    "formats": lambda formats: ExportOptions(formats=formats).formats,
     "dtype": parse_dtype,
     "quantize": parse_quantize,
     "int8_scheme": int8_settings,

@@ -1,4 +1,5 @@
-"""Output files: all-or-nothing publishing, cleanup of what a failed export created."""
+"""Output files: all-or-nothing publishing, cleanup of what a failed export created, write errors
+named by path, atomic single-file writes."""
 
 import os
 import stat
@@ -8,7 +9,15 @@ import pytest
 
 from favor.exporter import files
 from favor.exporter.errors import ExportError
-from favor.exporter.files import check_targets, output_directory, publish, staging_dir, writing
+from favor.exporter.files import (
+    atomic_write_bytes,
+    check_targets,
+    output_directory,
+    publish,
+    staging_dir,
+    writing,
+)
+from favor.runtime import atomic
 
 NAMES = ["m.onnx", "m.torchscript.pt", "m.manifest.json"]
 
@@ -141,3 +150,74 @@ def test_check_targets_refuses_the_model_file(link, tmp_path):
     with pytest.raises(ExportError, match="is the model being exported"):
         check_targets([tmp_path / "m.manifest.json", target], model)
     check_targets([tmp_path / "m.onnx.data", tmp_path / "m.manifest.json"], model)
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (OSError(27, "File too large"), "File too large"),
+        (OSError("quota exceeded"), "quota exceeded"),
+    ],
+    ids=["with-strerror", "without-strerror"],
+)
+def test_writing_turns_an_oserror_into_an_export_error_naming_the_path(error, cause, tmp_path):
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ExportError) as info, writing(path):
+        raise error
+    assert str(info.value) == f"cannot write {path}: {cause}"
+    assert info.value.__cause__ is error
+
+
+def test_writing_lets_other_errors_through():
+    with pytest.raises(ValueError, match="a bug"), writing(Path("m.onnx")):
+        raise ValueError("a bug")
+
+
+def test_check_targets_refuses_a_directory_in_the_way(tmp_path):
+    (tmp_path / "m.onnx").mkdir()
+    with pytest.raises(ExportError, match=r"^cannot write .*m\.onnx: a directory is in the way$"):
+        check_targets([tmp_path / "m.manifest.json", tmp_path / "m.onnx"])
+
+
+def test_check_targets_accepts_a_symlink_to_a_directory_which_publishing_replaces(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "m.onnx").symlink_to(tmp_path / "elsewhere")
+    check_targets([tmp_path / "m.onnx"], tmp_path / "model.pt")
+
+
+def test_staging_dir_in_a_missing_directory_is_an_export_error(tmp_path):
+    message = r"^cannot write to output directory .*/gone: No such file or directory$"
+    with pytest.raises(ExportError, match=message), staging_dir(tmp_path / "gone"):
+        pass
+
+
+def test_staging_dir_is_removed_even_when_the_body_fails(tmp_path):
+    with pytest.raises(RuntimeError), staging_dir(tmp_path) as stage:
+        (stage / "m.onnx").write_bytes(b"half")
+        raise RuntimeError("the export failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_bytes_replaces_the_file(tmp_path):
+    target = tmp_path / "m.manifest.json"
+    target.write_bytes(b"previous")
+    atomic_write_bytes(target, b"new")
+    assert _contents(tmp_path) == {"m.manifest.json": b"new"}
+
+
+def _failing_rename(_source, _destination):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("fails", ["write", "rename"])
+def test_a_failed_atomic_write_leaves_the_file_and_no_temporary(fails, tmp_path, monkeypatch):
+    target = tmp_path / "m.manifest.json"
+    target.write_bytes(b"previous")
+    if fails == "rename":
+        monkeypatch.setattr(atomic.os, "replace", _failing_rename)
+        data, error = b"new", OSError
+    else:
+        data, error = "not bytes", TypeError
+    with pytest.raises(error):
+        atomic_write_bytes(target, data)
+    assert _contents(tmp_path) == {"m.manifest.json": b"previous"}

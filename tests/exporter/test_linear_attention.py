@@ -13,13 +13,13 @@ from onnx.reference import ReferenceEvaluator
 from favor.exporter import ExportError, export, onnx_graph
 from favor.exporter.checkpoint import load_model
 from favor.exporter.cli import export_command
-from favor.exporter.known_models import exportable
 from favor.exporter.linear_attention import CONTRIB_DOMAIN, fused_nodes
-from favor.exporter.validation import validate
+from favor.exporter.model_specs import exportable
+from favor.exporter.outputs import describe_outputs
 from favor.ops import FavorAttention
 from favor.ops.reference import favor_attention_reference
 from favor.runtime import Generator, Session
-from tests.helpers import qkv
+from tests.helpers import qkv, validate_files
 
 HEADS, DIM, FEATURES, CHUNK = 4, 16, 24, 16
 
@@ -45,7 +45,7 @@ DECLARATIONS = [
 
 def _graph(opset: int = 17) -> onnx.ModelProto:
     module, spec = exportable(Stateful().eval(), DECLARATIONS)
-    dims, _ = onnx_graph.describe_outputs(module, spec)
+    dims, _ = describe_outputs(module, spec)
     return onnx_graph.build_onnx(
         module, spec, dims, opset=opset, exporter="dynamo", fused_attention=True
     )
@@ -134,7 +134,9 @@ def test_long_sequence_matches_torch(fused_session):
 def test_at_opset_27_the_node_is_onnx_own_op(monkeypatch):
     # The installed onnxruntime stops below opset 27, so pretend it does not, and run the graph
     # on ONNX's reference evaluator instead.
-    monkeypatch.setattr(onnx_graph, "onnxruntime_limits", lambda: (27, onnx.IR_VERSION))
+    limits = lambda: (27, onnx.IR_VERSION)  # noqa: E731
+    monkeypatch.setattr("favor.exporter.onnx_graph.opsets.onnxruntime_limits", limits)
+    monkeypatch.setattr("favor.exporter.onnx_graph.torch_export.onnxruntime_limits", limits)
     graph = _graph(opset=27)
     (node,) = fused_nodes(graph)
     assert node.domain == ""
@@ -156,9 +158,9 @@ def test_lm_export_is_validated_and_recorded(fused_lm):
     assert fused_lm.report.passed
     backends = {row["backend"] for row in fused_lm.report.rows()}
     assert {"onnxruntime-cpu", "onnxruntime-cpu (decode)", "onnx-reference"} <= backends
-    assert fused_lm.manifest["fused_attention"] is True
+    assert fused_lm.manifest.to_json()["fused_attention"] is True
     graph = onnx.load(str(fused_lm.onnx_path))
-    assert len(fused_nodes(graph)) == len(fused_lm.manifest["attention"])
+    assert len(fused_nodes(graph)) == len(fused_lm.manifest.to_json()["attention"])
 
 
 def test_runtime_streams_the_same_tokens_as_the_portable_graph(fused_lm, lm_export):
@@ -176,7 +178,7 @@ def test_validation_catches_a_wrong_fused_node(fused_lm, lm_checkpoint, tmp_path
     broken = tmp_path / "broken.onnx"
     onnx.save(graph, str(broken))
     module, spec = exportable(load_model(lm_checkpoint).module, [])
-    report = validate(module, spec, onnx_path=broken, torchscript_path=None)
+    report = validate_files(module, spec, {"onnx": broken})
     assert not report.passed
 
 
@@ -236,7 +238,7 @@ def test_combines_with_the_precision_options(lm_checkpoint, tmp_path, options, o
     result = export(lm_checkpoint, tmp_path, fused_attention=True, **options)
     assert result.report.passed
     graph = onnx.load(str(result.onnx_path))
-    assert len(fused_nodes(graph)) == len(result.manifest["attention"])
+    assert len(fused_nodes(graph)) == len(result.manifest.to_json()["attention"])
     assert op_type in {n.op_type for n in graph.graph.node}
 
 

@@ -1,23 +1,19 @@
-"""Properties of the exported graph itself."""
+"""Properties of whole exported graphs."""
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import helper
 from torch import nn
 
 from favor.exporter import ExportError, export
-from favor.exporter.onnx_graph import (
-    EXPORTERS,
-    FORBIDDEN_OPS,
-    check_allowed_ops,
-    onnxruntime_limits,
-    split_sizes_as_input,
-)
+from favor.exporter.onnx_graph import EXPORTERS, onnxruntime_limits
 from favor.exporter.specs import TensorSpec
+from favor.ops.models import PerformerLM
 from tests.exporter.custom_models import UsesQR, UsesRandom
+from tests.exporter.onnx_graph.splits import num_outputs_splits
+from tests.helpers import FORBIDDEN_OPS
 
 
 def _dims(value: onnx.ValueInfoProto) -> list:
@@ -34,7 +30,7 @@ def test_graph_has_symbolic_axes_constant_projections_and_named_state(lm_export)
     assert inputs["state.0"] == ["batch", 2, 16, 17]
     assert outputs["logits"] == ["batch", "seq", 40]
     assert outputs["new_state.1"] == ["batch", 2, 16, 17]
-    assert not {n.op_type for n in model.graph.node} & set(FORBIDDEN_OPS)
+    assert not {n.op_type for n in model.graph.node} & FORBIDDEN_OPS
     initializer_shapes = {tuple(t.dims) for t in model.graph.initializer}
     assert (16, 16) in initializer_shapes or (16, 16) in {
         tuple(reversed(s)) for s in initializer_shapes
@@ -53,7 +49,7 @@ def test_shape_inference_gives_symbolic_output_shapes(lm_export):
 
 
 def test_the_manifest_records_the_state_wiring(lm_export):
-    manifest = lm_export.manifest
+    manifest = lm_export.manifest.to_json()
     assert [(s["input"], s["output"]) for s in manifest["state"]] == [
         ("state.offsets", "new_state.offsets"),
         ("state.0", "new_state.0"),
@@ -75,7 +71,7 @@ def test_external_data_keeps_weights_beside_the_graph(lm_checkpoint, tmp_path):
     )
     assert result.files["onnx_data"].name == "lm.onnx.data"
     assert result.report.passed
-    assert set(result.manifest["files"]) == {"onnx", "onnx_data"}
+    assert set(result.manifest.to_json()["files"]) == {"onnx", "onnx_data"}
     ort.InferenceSession(str(result.onnx_path))
 
 
@@ -94,52 +90,13 @@ def test_unexportable_op_is_named_with_its_submodule(model, message, exporter, t
     assert list(tmp_path.iterdir()) == []
 
 
-def _graph_of(op_types: list[str]) -> onnx.ModelProto:
-    """A chain of one-input nodes of ``op_types``: enough for an op check, not meant to run."""
-    names = [f"v{i}" for i in range(len(op_types) + 1)]
-    nodes = [
-        helper.make_node(op, [a], [b])
-        for op, a, b in zip(op_types, names[:-1], names[1:], strict=True)
-    ]
-    values = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in names]
-    return helper.make_model(helper.make_graph(nodes, "g", values[:1], values[-1:]))
-
-
-@pytest.mark.parametrize(
-    ("op_type", "reason"),
-    [
-        ("Scan", "a loop over a sequence"),
-        ("Bernoulli", "random numbers"),
-        ("RandomNormalLike", "random numbers"),
-        ("If", "data-dependent control flow"),
-    ],
-    ids=["scan", "bernoulli", "random-normal-like", "if"],
-)
-def test_a_graph_with_a_forbidden_op_is_refused(op_type, reason):
-    model = _graph_of(["Relu", op_type])
-    message = rf"^the exported graph contains {op_type} \({reason}\); forward must not"
-    with pytest.raises(ExportError, match=message):
-        check_allowed_ops(model, nn.Identity(), (torch.zeros(1),))
-
-
-def test_a_graph_of_allowed_ops_passes_the_op_check():
-    check_allowed_ops(_graph_of(["Relu", "CumSum", "MatMul"]), nn.Identity(), (torch.zeros(1),))
-
-
 def test_integer_input_ranges_drive_validation():
     spec = TensorSpec("ids", ("batch", "seq"), "int64", low=5, high=9)
-    import torch
-
     values = spec.sample({"batch": 3, "seq": 50}, torch.Generator().manual_seed(0))
     assert values.min() >= 5 and values.max() < 9
 
 
 def test_learnable_projection_is_folded_into_one_constant_matching_training_time(tmp_path):
-    import numpy as np
-    import torch
-
-    from favor.ops.models import PerformerLM
-
     torch.manual_seed(0)
     lm = PerformerLM(40, 32, 1, 2, nb_features=16, chunk_size=8, projection="fastfoodl")
     optimizer = torch.optim.SGD(lm.parameters(), lr=0.5)
@@ -211,14 +168,6 @@ SPLITTING = [
 ]
 
 
-def _num_outputs_splits(model: onnx.ModelProto) -> list[str]:
-    return [
-        n.name
-        for n in model.graph.node
-        if n.op_type == "Split" and any(a.name == "num_outputs" for a in n.attribute)
-    ]
-
-
 @pytest.mark.parametrize("opset", [17, 18], ids=["opset17", "opset18"])
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize(("module", "declared"), SPLITTING)
@@ -230,41 +179,4 @@ def test_splitting_modules_export_and_match_pytorch(module, declared, exporter, 
     model = onnx.load(str(result.onnx_path))
     assert model.opset_import[0].version == opset
     if opset < 18:
-        assert _num_outputs_splits(model) == []
-
-
-def _split_graph(dims: list, parts: int, opset: int) -> onnx.ModelProto:
-    """``x -> Split(x, axis=1, num_outputs=parts)``, declared at ``opset``."""
-    outputs = [f"part_{i}" for i in range(parts)]
-    graph = helper.make_graph(
-        [helper.make_node("Split", ["x"], outputs, name="split", axis=1, num_outputs=parts)],
-        "split",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, dims)],
-        [
-            helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, [2, f"{o}_dim", 3])
-            for o in outputs
-        ],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-
-
-@pytest.mark.parametrize("axis_dim", ["fixed", "symbolic"])
-@pytest.mark.parametrize(
-    ("size", "parts", "sizes"),
-    [(8, 2, [4, 4]), (7, 2, [4, 3]), (7, 3, [3, 3, 1]), (12, 4, [3, 3, 3, 3])],
-    ids=["8-by-2", "7-by-2", "7-by-3", "12-by-4"],
-)
-def test_num_outputs_split_becomes_opset_13_split_with_the_same_parts(size, parts, sizes, axis_dim):
-    x = np.arange(2 * size * 3, dtype=np.float32).reshape(2, size, 3)
-    dims = [2, size if axis_dim == "fixed" else "n", 3]
-    want = ort.InferenceSession(_split_graph(dims, parts, 18).SerializeToString()).run(
-        None, {"x": x}
-    )
-    model = _split_graph(dims, parts, 17)
-    split_sizes_as_input(model)
-    onnx.checker.check_model(model, full_check=True)
-    assert _num_outputs_splits(model) == []
-    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
-    assert [part.shape[1] for part in got] == sizes
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_array_equal(g, w)
+        assert num_outputs_splits(model) == []

@@ -90,7 +90,7 @@ def test_fp16_export_validates_against_the_float32_model(model, fp16_exports):
         assert "onnxruntime-cpu (decode)" in backends
     # Half precision really changed the numbers: the errors are float16's, not float32's.
     assert max(row["max_abs"] for row in report.rows()) > 1e-4
-    manifest = result.manifest
+    manifest = result.manifest.to_json()
     jsonschema.validate(manifest, json.loads(SCHEMA_PATH.read_text()))
     assert manifest["dtype"] == "float16"
     assert manifest["validation"]["atol"] == BUDGETS["float16"][0]
@@ -105,10 +105,10 @@ def test_fp16_graph_has_half_outputs_and_float32_state(model, fp16_exports):
     assert outputs["logits"] == FLOAT16
     if model == "lm":
         # The state is a sum over the whole context: it stays float32 in and out.
-        states = [s for s in result.manifest["state"] if s["input"] != "state.offsets"]
+        states = [s for s in result.manifest.to_json()["state"] if s["input"] != "state.offsets"]
         assert states and all(s["dtype"] == "float32" for s in states)
         assert all(inputs[s["input"]] == FLOAT and outputs[s["output"]] == FLOAT for s in states)
-    dtypes = {o["name"]: o["dtype"] for o in result.manifest["outputs"]}
+    dtypes = {o["name"]: o["dtype"] for o in result.manifest.to_json()["outputs"]}
     assert all(
         dtypes[name] == onnx.helper.tensor_dtype_to_np_dtype(t).name for name, t in outputs.items()
     )
@@ -153,7 +153,7 @@ def test_float_inputs_of_a_declared_module_become_float16(tmp_path):
     graph = onnx.load(str(result.onnx_path)).graph
     assert [v.type.tensor_type.elem_type for v in graph.input] == [FLOAT16]
     assert [v.type.tensor_type.elem_type for v in graph.output] == [FLOAT16, FLOAT16]
-    assert [i["dtype"] for i in result.manifest["inputs"]] == ["float16"]
+    assert [i["dtype"] for i in result.manifest.to_json()["inputs"]] == ["float16"]
     # Re-validation rebuilds the float32 reference from the manifest's float16 declaration.
     assert validate_export(block, tmp_path).passed
     assert not validate_export(TinyBlock(), tmp_path).passed  # other weights: a miss
@@ -217,7 +217,7 @@ def test_long_large_norm_fp16_attention_stays_finite_and_within_budget(tmp_path)
 def test_bfloat16_torchscript_validates_against_the_float32_model(lm_checkpoint, tmp_path):
     result = export(lm_checkpoint, tmp_path, dtype="bf16", formats="torchscript")
     assert result.report.passed, result.report.table()
-    assert result.manifest["dtype"] == "bfloat16"
+    assert result.manifest.to_json()["dtype"] == "bfloat16"
     assert (result.report.atol, result.report.rtol) == BUDGETS["bfloat16"]
     assert {row["backend"] for row in result.report.rows()} == {"torchscript"}
     scripted = torch.jit.load(str(result.torchscript_path))
@@ -299,6 +299,6 @@ def test_cast_model_keeps_attention_internals_float32_and_leaves_the_original():
 
 
 def test_float32_exports_are_unchanged(lm_export):
-    assert lm_export.manifest["dtype"] == "float32"
+    assert lm_export.manifest.to_json()["dtype"] == "float32"
     assert lm_export.report.reference == "" and lm_export.report.atol is None
     assert not lm_export.report.table().startswith("float")

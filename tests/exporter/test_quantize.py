@@ -1,5 +1,6 @@
 """``--quantize int8``: what is quantized, the parity budget, the runtime, the CLI, atomic writes."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -16,10 +17,10 @@ from onnx import numpy_helper
 from torch import nn
 
 from favor.exporter import ExportError, ValidationError, export, load_model
-from favor.exporter import api as export_api
 from favor.exporter.cli import export_command, validate_command
-from favor.exporter.known_models import exportable
+from favor.exporter.formats import onnx as onnx_format
 from favor.exporter.manifest import SCHEMA_PATH
+from favor.exporter.model_specs import exportable
 from favor.exporter.quant_budget import INT8_BUDGET, ParityBudget, check_budget
 from favor.exporter.quantize import (
     DEFAULT_SETTINGS,
@@ -27,9 +28,9 @@ from favor.exporter.quantize import (
     QuantizationSettings,
     quantize_int8,
 )
-from favor.exporter.validation import validate
 from favor.ops import FavorAttention
 from favor.runtime import Generator, Session
+from tests.helpers import validate_files
 
 BUDGET_BACKEND = "onnxruntime-cpu int8"
 
@@ -46,15 +47,14 @@ def _projections(model: nn.Module) -> list[np.ndarray]:
     ]
 
 
-def _is_projection(constant: np.ndarray, projections: list[np.ndarray]) -> bool:
-    """Whether ``constant`` is a projection (transposed and scaled, as the exporters fold it)."""
-    for w in projections:
-        for candidate in (constant, constant.T):
-            if candidate.shape == w.shape:
-                a, b = candidate.ravel(), w.ravel()
-                if abs(a @ b) >= (1 - 1e-5) * np.linalg.norm(a) * np.linalg.norm(b):
-                    return True
-    return False
+def _projection_index(constant: np.ndarray, projections: list[np.ndarray]) -> int | None:
+    """Which of ``projections`` ``constant`` is, bit for bit, as the MatMul operand of
+    ``x @ w.T``; None if it is none of them.
+
+    The exporters fold neither a scale nor a cast into it: the ``d**-0.25`` data normalizer
+    scales ``q`` and ``k``, not ``w``.
+    """
+    return next((i for i, w in enumerate(projections) if np.array_equal(constant, w.T)), None)
 
 
 @pytest.fixture(scope="module", params=[
@@ -106,7 +106,8 @@ def test_only_weight_matmuls_are_quantized(float_and_int8):
     ]
     projections = _projections(model)
     assert len(float_constant) == 2 * len(projections)
-    assert all(_is_projection(c, projections) for c in float_constant)
+    found = Counter(_projection_index(c, projections) for c in float_constant)
+    assert found == dict.fromkeys(range(len(projections)), 2)
     assert all(c.dtype == np.float32 for c in float_constant)
     summary = quantized.to_json()
     assert summary["quantized_matmuls"] == summary["linear_layers"] == linear
@@ -211,7 +212,7 @@ def test_quantized_lm_passes_its_budget(int8_lm):
     # The float graph and TorchScript keep float32's elementwise tolerance.
     assert rows[("onnxruntime-cpu", "logits")]["max_abs"] < 1e-4
     assert rows[("torchscript", "logits")]["max_abs"] < 1e-4
-    assert int8_lm.manifest["validation"]["budget"] == INT8_BUDGET.to_json()
+    assert int8_lm.manifest.to_json()["validation"]["budget"] == INT8_BUDGET.to_json()
 
 
 def test_quantized_lm_streams_through_the_runtime(int8_lm, lm_checkpoint):
@@ -254,7 +255,7 @@ def test_int8_graph_runs_alike_in_the_browser_wasm_build(int8_lm):
     # neither saturates, so the browser computes what this machine's ONNX Runtime computes, up
     # to float rounding (with 8-bit weights the sample char-LM's logits differed by 12-18%).
     session = Session(int8_lm.output_dir, providers="cpu")
-    low, high = session.manifest["inputs"][0]["range"]
+    low, high = session.manifest.tokens.range
     rng = np.random.default_rng(5)
     chunks = [rng.integers(low, high, 37).tolist()] + [[int(t)] for t in rng.integers(low, high, 6)]
     browser = _wasm_logits(int8_lm.output_dir, "lm", chunks)
@@ -292,10 +293,8 @@ def test_budget_check_fails_when_it_should(broken, int8_lm, lm_checkpoint, tmp_p
         budget = ParityBudget(rel_rms=1e-6, kl=1e-9, top1=1.0, top1_margin=0.0)
     else:
         graph = _negate_int8_weights(graph, tmp_path / "broken.onnx")
-    report = validate(
-        module, spec, onnx_path=None, torchscript_path=None,
-        quantized_onnx_path=graph, budget=budget,
-    )  # fmt: skip
+    int8 = dataclasses.replace(DEFAULT_SETTINGS, budget=budget)
+    report = validate_files(module, spec, {"onnx": graph}, int8=int8)
     assert not report.passed
     failed = [r for r in report.rows() if not r["passed"]]
     assert {r["output"] for r in failed} >= {"logits"}
@@ -400,7 +399,7 @@ def _hopeless_budget(graph, module, settings):
 )
 def test_failed_int8_export_writes_nothing(quantizer, error, lm_checkpoint, tmp_path, monkeypatch):
     (tmp_path / "lm.onnx").write_bytes(b"the previous export")
-    monkeypatch.setattr(export_api, "quantize_int8", quantizer)
+    monkeypatch.setattr(onnx_format, "quantize_int8", quantizer)
     with pytest.raises(error):
         export(lm_checkpoint, tmp_path, exporter="torchscript", quantize="int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.onnx"]  # no staging dir left

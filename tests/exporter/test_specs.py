@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from favor.exporter import ExportError
-from favor.exporter.known_models import exportable
+from favor.exporter.model_specs import exportable
 from favor.exporter.specs import TensorSpec, declared_spec, parse_input_spec
 
 GOOD = {
@@ -91,9 +91,9 @@ READ = ["directly", "through-a-view", "by-keyword"]
 @pytest.mark.parametrize("how", READ)
 def test_an_integer_range_comes_from_the_embedding_reading_the_input(how):
     _, spec = exportable(Reads(how), ["tokens:1,6:int64", "positions:1,6:int64"])
-    assert {t.name: t.to_json()["range"] for t in spec.inputs} == {
-        "tokens": [0, 100],
-        "positions": [0, 16],
+    assert {t.name: t.entry().range for t in spec.inputs} == {
+        "tokens": (0, 100),
+        "positions": (0, 16),
     }
 
 

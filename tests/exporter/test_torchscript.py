@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from favor.exporter import export
-from favor.exporter.known_models import exportable
 from favor.exporter.manifest import SCHEMA_PATH
-from favor.exporter.validation import validate
+from favor.exporter.model_specs import exportable
 from favor.ops.models import PerformerEncoder, PerformerLM
 from tests.exporter.conftest import VOCAB
 from tests.exporter.custom_models import TinyBlock
+from tests.helpers import validate_files
 
 # Runs with ``python -I`` (no current directory, no PYTHONPATH on sys.path) and with favor
 # blocked, so nothing but torch can take part: argv is the archive, the inputs, the results.
@@ -174,7 +174,7 @@ def test_the_manifest_says_how_to_call_the_archive(kind, call, returns, tmp_path
     case = CASES[kind]
     manifest = export(
         case.model, tmp_path, formats="torchscript", inputs=case.inputs, validate_outputs=False
-    ).manifest
+    ).manifest.to_json()
     jsonschema.validate(manifest, json.loads(SCHEMA_PATH.read_text()))
     entry = manifest["torchscript"]
     assert (entry["call"], entry["returns"]) == (call, returns)
@@ -190,7 +190,7 @@ def test_the_manifest_has_no_call_without_an_archive(tmp_path):
     case = CASES["module-one-output"]
     manifest = export(
         case.model, tmp_path, formats="onnx", inputs=case.inputs, validate_outputs=False
-    ).manifest
+    ).manifest.to_json()
     assert manifest["torchscript"] is None
 
 
@@ -200,6 +200,6 @@ def test_validation_still_reads_a_causal_lm_archive_with_flat_state(tmp_path):
     with torch.no_grad():
         flat = torch.jit.trace(module, spec.example(), check_trace=False)
     flat.save(str(tmp_path / "flat.pt"))
-    report = validate(module, spec, onnx_path=None, torchscript_path=tmp_path / "flat.pt")
+    report = validate_files(module, spec, {"torchscript": tmp_path / "flat.pt"})
     assert report.passed, report.table()
     assert {row["backend"] for row in report.rows()} == {"torchscript"}
