@@ -156,17 +156,32 @@ class Generator:
         stop: int | Iterable[int] | None = None,
         window: int | None = None,
     ) -> Iterator[int]:
-        """Yield new token ids as they are chosen. Starts a fresh sequence from ``prompt_ids``.
+        """Yield new token ids as they are chosen, starting a fresh sequence from ``prompt_ids``.
 
-        ``temperature=0`` is greedy, and so is a temperature too small for the scaled logits to
-        fit in float64 (e.g. 1e-310), greedy being its limit; ``seed`` makes sampling
-        reproducible. Generation ends after ``max_new_tokens`` or at a token in ``stop`` (which
-        is not yielded). The Generator is busy until the stream ends or is closed.
+        The Generator is busy until the stream ends or is closed.
 
-        ``window`` is for models trained on fixed-length windows, which degrade on longer
-        histories: once the state has taken in ``window`` tokens, it is rebuilt from the last
-        ``window // 2`` tokens (one prefill), so the model never sees more history than it was
-        trained on. ``None`` keeps the whole history in the state.
+        Args:
+            prompt_ids: the prompt, a non-empty 1-D sequence of token ids ``(L,)`` within the
+                export's vocabulary; fed in chunks of ``prefill_chunk``.
+            max_new_tokens: the most tokens to yield (>= 0).
+            temperature: 0 is greedy, and so is a temperature too small for the scaled logits
+                to fit in float64 (e.g. 1e-310), greedy being its limit; above 0 the logits
+                ``(V,)`` are divided by it before sampling.
+            top_k: sample among the ``top_k`` most likely tokens only.
+            top_p: sample among the smallest set of tokens whose probability reaches ``top_p``.
+            seed: seeds the sampler, so a stream is reproducible; None draws fresh entropy.
+            stop: a token id, or several, that ends generation; it is not yielded.
+            window: for models trained on fixed-length windows, which degrade on longer
+                histories: once the state has taken in ``window`` tokens, it is rebuilt from
+                the last ``window // 2`` tokens (one prefill), so the model never sees more
+                history than it was trained on. None keeps the whole history in the state.
+
+        Yields:
+            Each new token id (int), as soon as it is chosen.
+
+        Raises:
+            ValueError: bad arguments or token ids, before anything runs. RuntimeError: the
+            Generator is in use, or a step failed (then :meth:`reset` before reuse).
         """
         check_sampling(temperature, top_k, top_p)
         if not is_int(max_new_tokens, 0):

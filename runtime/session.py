@@ -70,14 +70,27 @@ def session_options(threads: int | None = None, optimization: str = "all") -> or
 
 
 class Session:
-    """An exported model loaded into ONNX Runtime.
+    """An exported model loaded into ONNX Runtime, its inputs checked against the manifest.
 
-    ``path`` is an export directory, its ``.onnx`` file, or its manifest. ``providers`` is
-    ``"auto"``, a name (``"cpu"``, ``"cuda"``, ``"tensorrt"`` or a full ONNX Runtime provider
-    name) or a list of them. ``threads`` sets intra-op threads (default: ONNX Runtime's choice);
-    ``optimization`` is ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"``.
+    Args:
+        path: an export directory, its ``.onnx`` file, or its manifest.
+        providers: ``"auto"`` (CUDA where onnxruntime-gpu sees a device, else CPU), a name
+            (``"cpu"``, ``"cuda"``, ``"tensorrt"`` or a full ONNX Runtime provider name), or a
+            list of them in order of preference.
+        threads: intra-op threads; None leaves ONNX Runtime's choice.
+        optimization: ONNX Runtime's graph optimization, ``"disable"``, ``"basic"``,
+            ``"extended"`` or ``"all"``.
+        name: which export, when the directory holds several.
+        verify: check every file's sha256 against the manifest before loading.
 
-    :meth:`run` may be called from several threads at once.
+    Raises:
+        ManifestError: a missing, altered or inconsistent export, or a graph ONNX Runtime
+            cannot load. ValueError: an unknown provider or option.
+
+    Attributes: ``manifest`` (the typed :class:`~favor.runtime.contract.Manifest`),
+    ``inputs``/``outputs`` (its tensor entries), ``state`` (``(input, output)`` name pairs),
+    ``kind``, ``providers``, ``device`` (``"cpu"`` or ``"cuda"``). :meth:`run` may be called
+    from several threads at once.
     """
 
     def __init__(
@@ -224,7 +237,14 @@ class Session:
     ) -> dict[str, np.ndarray]:
         """Run the model: ``run({"tokens": ids, ...})`` or ``run(tokens=ids, ...)``.
 
-        Returns ``{output name: numpy array}``.
+        Args:
+            feeds, kwargs: every input by name (together), as numpy arrays or nested lists of
+                the manifest's dtypes and shapes, e.g. a causal LM's ``tokens (B, N)`` int64
+                and ``state.*`` from :meth:`initial_state` or a previous call's ``new_state.*``.
+                Checked first (:meth:`check_inputs`).
+
+        Returns:
+            ``{output name: numpy array}``, e.g. ``logits (B, N, V)`` and ``new_state.*``.
         """
         merged = {**(feeds or {}), **kwargs}
         arrays = self.check_inputs(merged)
