@@ -15,6 +15,7 @@ from .checks import (
     check_state,
     tracing,
 )
+from .configurable import Configurable
 from .features import Kernel, get_kernel, key_features, query_features
 from .fused import causal_linear_attention
 from .noncausal import noncausal
@@ -33,7 +34,7 @@ from .projections import (
 SIGNED_DENOMINATOR_FLOOR = 1e-6
 
 
-class FavorAttention(nn.Module):
+class FavorAttention(Configurable, nn.Module):
     """Random-feature approximation of ``F.scaled_dot_product_attention``.
 
     ``q, k (B, H, N, D)`` and ``v (B, H, N, Dv)`` with ``D = dim_head``; output ``(B, H, N, Dv)``
@@ -48,6 +49,18 @@ class FavorAttention(nn.Module):
     ``M'`` is :attr:`feature_dim`; pass it back with ``state=`` to continue a sequence in chunks
     of any length, or token by token with :meth:`step`.
     """
+
+    # Constructor arguments, in the order config() gives them (checkpoints, the manifest).
+    CONFIG = (
+        "dim_head",
+        "nb_features",
+        "causal",
+        "kernel",
+        "projection",
+        "seed",
+        "chunk_size",
+        "orf_norm",
+    )
 
     projection_matrix: torch.Tensor
 
@@ -102,22 +115,6 @@ class FavorAttention(nn.Module):
     def feature_dim(self) -> int:
         """Length ``M'`` of each feature vector (``2 * nb_features`` for paired kernels)."""
         return self.kernel_spec.feature_dim(self.nb_features)
-
-    def config(self) -> dict:
-        """Constructor arguments, JSON-ready: ``FavorAttention(**m.config())`` rebuilds ``m``."""
-        return {
-            "dim_head": self.dim_head,
-            "nb_features": self.nb_features,
-            "causal": self.causal,
-            "kernel": self.kernel,
-            "projection": self.projection,
-            "seed": self.seed,
-            "chunk_size": self.chunk_size,
-            "orf_norm": self.orf_norm,
-        }
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{key}={value!r}" for key, value in self.config().items())
 
     def _draw(self, seed: int) -> torch.Tensor:
         return draw_projection(

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .checks import check_key_padding_mask, check_positive_int, check_qkv, tracing
+from .configurable import Configurable
 from .numerics import append_ones, compute_dtype, divide, saturate_cast
 
 # Lower clip on the MIS weights a_nc(w); see the module docstring.
@@ -61,7 +62,7 @@ def segment_one_hot(valid: torch.Tensor, num_segments: int) -> torch.Tensor:
     return inside & valid.unsqueeze(-1)
 
 
-class LaraAttention(nn.Module):
+class LaraAttention(Configurable, nn.Module):
     """LARA approximation of bidirectional ``F.scaled_dot_product_attention``.
 
     ``q, k (B, H, N, D)`` and ``v (B, H, N, Dv)`` with ``D = dim_head``; output ``(B, H, N, Dv)``
@@ -73,6 +74,9 @@ class LaraAttention(nn.Module):
     construction and saved in the state_dict, so eval outputs are deterministic and the exported
     graph holds no random ops.
     """
+
+    # Constructor arguments, in the order config() gives them (checkpoints, the manifest).
+    CONFIG = ("dim_head", "nb_features", "num_proposals", "seed", "causal")
 
     eps: torch.Tensor
 
@@ -105,19 +109,6 @@ class LaraAttention(nn.Module):
         generator = torch.Generator().manual_seed(self.seed)
         shape = (self.num_proposals, self.samples_per_proposal, self.dim_head)
         self.register_buffer("eps", torch.randn(shape, generator=generator))
-
-    def config(self) -> dict:
-        """Constructor arguments, JSON-ready: ``LaraAttention(**m.config())`` rebuilds ``m``."""
-        return {
-            "dim_head": self.dim_head,
-            "nb_features": self.nb_features,
-            "num_proposals": self.num_proposals,
-            "seed": self.seed,
-            "causal": self.causal,
-        }
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{key}={value!r}" for key, value in self.config().items())
 
     def forward(
         self,
