@@ -16,14 +16,17 @@ on the sample models, which write their own tables, JSON and plots; then writes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import attention, decode, quantize, targets
+from benchmarks.arguments import lengths_arg
+from benchmarks.attention_methods import available_methods
 from benchmarks.machine import machine_info
+from benchmarks.paths import RESULTS_DIR
+from benchmarks.report import say_written, write_json
 
 FULL_LENGTHS = (1024, 4096, 8192, 16384, 65536)
 # 4096 is in the smoke run so that one SDPA speedup row is exercised end to end.
@@ -54,14 +57,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--lengths",
-        type=attention.lengths_arg,
+        type=lengths_arg,
         default=None,
         help="attention sequence lengths (default: " + ",".join(map(str, FULL_LENGTHS)) + ")",
     )
     parser.add_argument(
         "--out",
         type=Path,
-        default=attention.DEFAULT_OUT_DIR,
+        default=RESULTS_DIR,
         help="output folder (default: benchmarks/results/)",
     )
     return parser.parse_args(argv)
@@ -70,7 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def attention_argv(args: argparse.Namespace) -> list[str]:
     """Options for :func:`benchmarks.attention.parse_args`: this run's lengths and methods."""
     lengths = args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
-    methods = [m for m in attention.available_methods() if m not in LEFT_OUT_METHODS]
+    methods = [m for m in available_methods() if m not in LEFT_OUT_METHODS]
     argv = [
         "--lengths",
         ",".join(map(str, lengths)),
@@ -153,13 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "notes": notes,
         "wall_s": time.perf_counter() - started,
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(args.out / "summary.json", summary)
     print("\n" + targets.render(rows))
-    print(
-        f"wrote summary.md and summary.json to {args.out} in "
-        f"{(time.perf_counter() - started) / 60:.1f} min",
-        file=sys.stderr,
-    )
+    say_written(["summary.md", "summary.json"], args.out, time.perf_counter() - started)
     return 0
 
 

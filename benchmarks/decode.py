@@ -17,10 +17,10 @@ table and writes ``decode.md``, ``decode.json`` and ``decode.png`` to ``benchmar
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,8 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.attention import lengths_arg
+from benchmarks.arguments import add_lm_arguments, add_sizes_options
 from benchmarks.machine import machine_info
+from benchmarks.paths import RESULTS_DIR
+from benchmarks.report import (
+    log_axes,
+    markdown_table,
+    pyplot,
+    save_figure,
+    say_written,
+    write_json,
+)
 from benchmarks.timing import interleaved_median_ms
 from favor.exporter import export
 from favor.ops.models import PerformerLM
@@ -143,26 +152,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.decode", description=__doc__.splitlines()[0]
     )
-    parser.add_argument(
+    add_sizes_options(
+        parser,
         "--contexts",
-        type=lengths_arg,
-        default=",".join(map(str, DEFAULT_CONTEXTS)),
-        help="comma-separated context lengths; the first is the baseline (default: %(default)s)",
+        DEFAULT_CONTEXTS,
+        QUICK_CONTEXTS,
+        "context lengths",
+        "; the first is the baseline",
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="only contexts " + ",".join(map(str, QUICK_CONTEXTS)) + " (overrides --contexts)",
-    )
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--features", type=int, default=128)
+    add_lm_arguments(parser)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument(
         "--threads", type=int, default=1, help="ORT intra-op threads (1 is steadier)"
     )
-    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.quick:
         args.contexts = QUICK_CONTEXTS
@@ -174,6 +177,7 @@ def run(args: argparse.Namespace) -> dict:
 
     Prints the table and returns the JSON report (``benchmarks.targets`` reads its records).
     """
+    started = time.perf_counter()
     logging.disable(logging.WARNING)
     torch.manual_seed(0)
     head_dim = args.dim // args.heads
@@ -225,51 +229,53 @@ def run(args: argparse.Namespace) -> dict:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "decode.md").write_text(table + "\n")
-    (args.out_dir / "decode.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(args.out_dir / "decode.json", report)
     plot(records, args.out_dir / "decode.png")
-    print(f"wrote decode.md, decode.json and decode.png to {args.out_dir}", file=sys.stderr)
+    say_written(
+        ["decode.md", "decode.json", "decode.png"], args.out_dir, time.perf_counter() - started
+    )
     return report
 
 
 def render_table(args: argparse.Namespace, records: list[dict]) -> str:
     """Markdown table of per-token latency; ratios are against the first context."""
     base = records[0]
-    lines = [
-        f"Decode step latency, LM dim={args.dim} depth={args.depth} heads={args.heads} "
-        f"M={args.features}, ONNX Runtime {ort.__version__} CPU, {args.threads} thread(s)",
-        "",
-        f"| context | favor ms | favor vs {base['context']} | softmax+KV ms "
-        f"| softmax vs {base['context']} | softmax / favor |",
-        "|---|---|---|---|---|---|",
+    header = [
+        "context",
+        "favor ms",
+        f"favor vs {base['context']}",
+        "softmax+KV ms",
+        f"softmax vs {base['context']}",
+        "softmax / favor",
     ]
-    for r in records:
-        lines.append(
-            f"| {r['context']} | {r['favor_ms']:.2f} | {r['favor_ms'] / base['favor_ms']:.2f}x | "
-            f"{r['softmax_ms']:.2f} | {r['softmax_ms'] / base['softmax_ms']:.2f}x | "
-            f"{r['softmax_ms'] / r['favor_ms']:.2f}x |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [
+            str(r["context"]),
+            f"{r['favor_ms']:.2f}",
+            f"{r['favor_ms'] / base['favor_ms']:.2f}x",
+            f"{r['softmax_ms']:.2f}",
+            f"{r['softmax_ms'] / base['softmax_ms']:.2f}x",
+            f"{r['softmax_ms'] / r['favor_ms']:.2f}x",
+        ]
+        for r in records
+    ]
+    title = (
+        f"Decode step latency, LM dim={args.dim} depth={args.depth} heads={args.heads} "
+        f"M={args.features}, ONNX Runtime {ort.__version__} CPU, {args.threads} thread(s)"
+    )
+    return f"{title}\n\n{markdown_table(header, rows)}"
 
 
 def plot(records: list[dict], path: Path) -> None:
     """Decode step latency against context, log-log, FAVOR and softmax."""
-    import matplotlib
-
-    # Agg needs no display; select it before pyplot is imported.
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     contexts = [r["context"] for r in records]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.loglog(contexts, [r["favor_ms"] for r in records], "o-", label="FAVOR, constant state")
-    axis.loglog(contexts, [r["softmax_ms"] for r in records], "s-", label="softmax, KV cache")
-    axis.set_xlabel("context length (tokens)")
-    axis.set_ylabel("decode step (ms)")
+    figure, axis = pyplot().subplots(figsize=(6, 4))
+    axis.plot(contexts, [r["favor_ms"] for r in records], "o-", label="FAVOR, constant state")
+    axis.plot(contexts, [r["softmax_ms"] for r in records], "s-", label="softmax, KV cache")
+    log_axes(axis, xlabel="context length (tokens)", ylabel="decode step (ms)", x_base=10)
     axis.legend()
-    axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,6 +11,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from benchmarks.arguments import add_lm_arguments
+from benchmarks.report import markdown_table
 from benchmarks.timing import median_ms
 from favor.exporter import export
 from favor.ops.models import PerformerLM
@@ -30,15 +33,13 @@ def _feeds(session: ort.InferenceSession, lm: PerformerLM, length: int) -> dict[
     return {i.name: v.numpy() for i, v in zip(session.get_inputs(), values, strict=True)}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks.exporters``: export with both exporters, time, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--features", type=int, default=128)
+    add_lm_arguments(parser)
     parser.add_argument("--length", type=int, default=1024, help="prefill length")
     parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     lm = PerformerLM(256, args.dim, args.depth, args.heads, nb_features=args.features).eval()
@@ -71,10 +72,12 @@ def main() -> None:
         f"ORT {ort.__version__}, torch {torch.__version__}"
     )
     print()
-    print(f"| exporter | export s | graph nodes | prefill {args.length} ms | decode step ms |")
-    print("|---|---|---|---|---|")
-    for name, export_s, nodes, prefill_ms, decode_ms in rows:
-        print(f"| {name} | {export_s:.1f} | {nodes} | {prefill_ms:.1f} | {decode_ms:.2f} |")
+    header = ["exporter", "export s", "graph nodes", f"prefill {args.length} ms", "decode step ms"]
+    cells = [
+        [name, f"{export_s:.1f}", str(nodes), f"{prefill_ms:.1f}", f"{decode_ms:.2f}"]
+        for name, export_s, nodes, prefill_ms, decode_ms in rows
+    ]
+    print(markdown_table(header, cells))
 
 
 if __name__ == "__main__":

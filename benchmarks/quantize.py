@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -32,18 +30,18 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
-from benchmarks.machine import INT8_FEATURES, cpu_features, cpu_model
+from benchmarks.machine import INT8_FEATURES, machine_info
+from benchmarks.paths import REPO_ROOT, RESULTS_DIR
+from benchmarks.report import markdown_table, write_json
 from benchmarks.timing import interleaved_median_ms
 from favor.exporter import ValidationError, export, load_model
 from favor.exporter.quantize import INT8_SCHEMES
 from favor.runtime import Session
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
-DEFAULT_OUT_DIR = REPO_ROOT / "benchmarks" / "results"
+DEFAULT_OUT_DIR = RESULTS_DIR
 FLOAT = "float32"
 VARIANTS = (FLOAT, *INT8_SCHEMES)  # the float graph, then every int8 scheme
 BUDGET_BACKEND = "onnxruntime-cpu int8"  # validation's label for the int8 graph
@@ -92,7 +90,7 @@ def _export_variant(model: object, out: Path, variant: str, say) -> dict:
         "export_s": time.perf_counter() - start,
         "budget_passed": passed if quantized else None,
         "budget_rows": _budget_rows(report),
-        "quantization": result.manifest.get("quantization"),
+        "quantization": result.manifest.quantization,
     }
 
 
@@ -197,10 +195,76 @@ def _worst_rel_rms(facts: dict) -> str:
     return f"{max(values):.3g}" if values else ""
 
 
+def _vs_float(
+    sample: dict, name: str, key: str, spec: str, *, scale: float = 1.0, unit: str = ""
+) -> str:
+    """``12.3 (x0.81)``: graph ``name``'s figure (divided by ``scale``, followed by ``unit``)
+    and its ratio to the float32 graph's."""
+    value, reference = sample[name][key], sample[FLOAT][key]
+    return f"{value / scale:{spec}}{unit} (x{value / reference:.2f})"
+
+
+def _size(sample: dict, name: str) -> str:
+    """``123 KiB (x0.31)``: file size and its ratio to the float32 graph's."""
+    return _vs_float(sample, name, "bytes", ".0f", scale=1024, unit=" KiB")
+
+
+ENCODER_HEADER = (
+    "graph",
+    "budget",
+    "worst rel RMS",
+    "accuracy",
+    "predictions changed",
+    "size",
+    "test set ms",
+)
+CHAR_LM_HEADER = (
+    "graph",
+    "budget",
+    "logits KL / top-1",
+    "worst rel RMS",
+    "nats/char",
+    "perplexity",
+    "size",
+    "prefill 256 ms",
+    "decode step ms",
+)
+
+
+def _encoder_row(enc: dict, name: str) -> list[str]:
+    e = enc[name]
+    return [
+        name,
+        _budget(e),
+        _worst_rel_rms(e),
+        f"{e['accuracy']:.3f}",
+        str(e["predictions_changed"]),
+        _size(enc, name),
+        _vs_float(enc, name, "test_set_ms", ".0f"),
+    ]
+
+
+def _char_lm_row(lm: dict, name: str) -> list[str]:
+    e = lm[name]
+    return [
+        name,
+        _budget(e),
+        _worst_logits(e),
+        _worst_rel_rms(e),
+        f"{e['nats_per_char']:.4f}",
+        f"{math.exp(e['nats_per_char']):.3f}",
+        _size(lm, name),
+        _vs_float(lm, name, "prefill_256_ms", ".2f"),
+        _vs_float(lm, name, "decode_step_ms", ".3f"),
+    ]
+
+
 def render(results: dict) -> str:
     """The markdown report: one table per sample, a row per graph (float32, each int8 scheme)."""
     env, enc, lm = results["environment"], results["encoder"], results["char_lm"]
     features = ", ".join(env["cpu_features"]) or "none of " + ", ".join(INT8_FEATURES)
+    encoder_rows = [_encoder_row(enc, name) for name in VARIANTS]
+    char_lm_rows = [_char_lm_row(lm, name) for name in VARIANTS]
     lines = [
         f"# int8 quantization, {env['date']}",
         "",
@@ -214,34 +278,13 @@ def render(results: dict) -> str:
         f"## Sample encoder ({enc['test_sequences']} test sequences; PyTorch accuracy "
         f"{enc['torch_accuracy']:.3f})",
         "",
-        "| graph | budget | worst rel RMS | accuracy | predictions changed | size | test set ms |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for name in VARIANTS:
-        e, f = enc[name], enc[FLOAT]
-        lines.append(
-            f"| {name} | {_budget(e)} | {_worst_rel_rms(e)} | {e['accuracy']:.3f} | "
-            f"{e['predictions_changed']} | {e['bytes'] / 1024:.0f} KiB (x{e['bytes'] / f['bytes']:.2f}) | "
-            f"{e['test_set_ms']:.0f} (x{e['test_set_ms'] / f['test_set_ms']:.2f}) |"
-        )
-    lines += [
+        markdown_table(ENCODER_HEADER, encoder_rows, "llrrrrr"),
         "",
         f"## Sample char-LM (validation: {lm['val_chars']} characters; PyTorch "
         f"{lm['torch_nats_per_char']:.4f} nats/char)",
         "",
-        "| graph | budget | logits KL / top-1 | worst rel RMS | nats/char | perplexity | size | "
-        "prefill 256 ms | decode step ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        markdown_table(CHAR_LM_HEADER, char_lm_rows, "llrrrrrrr"),
     ]
-    for name in VARIANTS:
-        e, f = lm[name], lm[FLOAT]
-        lines.append(
-            f"| {name} | {_budget(e)} | {_worst_logits(e)} | {_worst_rel_rms(e)} | "
-            f"{e['nats_per_char']:.4f} | {math.exp(e['nats_per_char']):.3f} | "
-            f"{e['bytes'] / 1024:.0f} KiB (x{e['bytes'] / f['bytes']:.2f}) | "
-            f"{e['prefill_256_ms']:.2f} (x{e['prefill_256_ms'] / f['prefill_256_ms']:.2f}) | "
-            f"{e['decode_step_ms']:.3f} (x{e['decode_step_ms'] / f['decode_step_ms']:.2f}) |"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -260,16 +303,11 @@ def main(argv: list[str] | None = None) -> None:
     def say(message: str) -> None:
         print(f"quantize: {message}", file=sys.stderr, flush=True)
 
-    results: dict = {
-        "environment": {
-            "date": time.strftime("%Y-%m-%d"),
-            "cpu": cpu_model(),
-            "cpu_features": cpu_features(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "onnxruntime": ort.__version__,
-        }
-    }
+    machine = machine_info()
+    environment = {"date": time.strftime("%Y-%m-%d")}
+    for key in ("cpu", "cpu_features", "cores", "torch", "onnxruntime"):
+        environment[key] = machine[key]
+    results: dict = {"environment": environment}
     with tempfile.TemporaryDirectory(prefix="favor-quantize-bench-") as tmp:
         results["encoder"] = encoder_report(args.encoder_steps, args.seed, Path(tmp), say)
         results["char_lm"] = char_lm_report(Path(tmp), say)
@@ -277,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quantize.md").write_text(text, encoding="utf-8")
-    (args.out / "quantize.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    write_json(args.out / "quantize.json", results)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from benchmarks.report import markdown_table
+
 MET = "met"
 NOT_MET = "not met"
 NOT_MEASURED = "not measured"
@@ -246,6 +248,5 @@ def evaluate(attention: Sequence[dict] | None, decode: Sequence[dict] | None) ->
 
 def render(rows: Sequence[Row]) -> str:
     """The rows as a markdown table."""
-    lines = ["| target | measured | goal | status |", "|---|---|---|---|"]
-    lines += [f"| {r.what} | {r.measured} | {r.goal} | {r.status} |" for r in rows]
-    return "\n".join(lines)
+    cells = [[r.what, r.measured, r.goal, r.status] for r in rows]
+    return markdown_table(["target", "measured", "goal", "status"], cells)
