@@ -11,6 +11,7 @@ from .features import KERNEL_REGISTRY, KERNELS, Kernel, get_kernel
 from .fusion import causal_layers, fused_causal_attention
 from .lara import LaraAttention
 from .multihead import MultiheadFavorAttention
+from .performer_compat import CompatAttention, CompatLM, CompatPerformer
 from .projections import PROJECTION_REGISTRY, PROJECTIONS, Projection, get_projection
 
 __all__ = [
@@ -19,6 +20,9 @@ __all__ = [
     "PROJECTIONS",
     "PROJECTION_REGISTRY",
     "AttentionConfig",
+    "CompatAttention",
+    "CompatLM",
+    "CompatPerformer",
     "FavorAttention",
     "Kernel",
     "LaraAttention",

@@ -97,6 +97,11 @@ class _Transformer(nn.Module):
         """Constructor arguments, JSON-ready: ``type(m)(**m.config())`` rebuilds the model."""
         return dict(self._config)
 
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the embedding takes."""
+        return self._config["vocab_size"]
+
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if tracing():
             return
