@@ -119,6 +119,31 @@ class CompatAttention(FavorAttention):
         self.feature_map = feature_map
         self.softmax_eps = float(softmax_eps)
         self.relu_eps = float(relu_eps)
+        # Causal softmax: the key shift per head, (H,), standing for performer's sequence-wide
+        # key maximum; empty until set_key_shift() (then each key's own |w_i|^2/2 is used).
+        self.register_buffer("key_shift", torch.zeros(0))
+
+    def set_key_shift(self, shift: torch.Tensor) -> None:
+        """Fix causal softmax's key shift: ``shift (H,)``, one per head, typically performer's
+        sequence-wide key maximum ``max over n, i of y_n.w_i`` averaged over real data.
+
+        Keys then get performer's own map with that constant in place of the maximum,
+        ``exp(y.w_i - |y|^2/2 - shift) + eps``, and queries performer's exactly: wherever a
+        sequence's maximum equals the shift, the outputs are performer's, eps terms included,
+        and nothing reads the future.
+        """
+        if not (self.causal and self.feature_map == "softmax"):
+            raise ValueError("a fixed key shift is for causal softmax attention")
+        self.key_shift = shift.detach().to(torch.float32).reshape(-1).clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # performer's state_dicts have no key shift, and a saved one may have any head count.
+        key = prefix + "key_shift"
+        if key in state_dict:
+            self.key_shift = state_dict[key].detach().clone()
+        else:
+            state_dict[key] = self.key_shift
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def feature_dim(self) -> int:
@@ -151,7 +176,9 @@ class CompatAttention(FavorAttention):
             return torch.relu(x_w) + self.relu_eps, torch.relu(y_w) + self.relu_eps
         query_logits = x_w - _half_sq_norm(x) - x_w.amax(dim=-1, keepdim=True).detach()
         key_logits = y_w - _half_sq_norm(y)
-        if self.causal:
+        if self.causal and self.key_shift.numel():
+            key_logits = key_logits - self.key_shift.to(x.dtype)[:, None, None]
+        elif self.causal:
             w_half_sq = _half_sq_norm(w).T  # (1, M)
             query_logits = query_logits + (w_half_sq - w_half_sq.amax(dim=-1, keepdim=True))
             key_logits = key_logits - w_half_sq

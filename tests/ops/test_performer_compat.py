@@ -260,7 +260,12 @@ def test_bidirectional_models_carry_no_state():
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    # key_shift is favor's own (causal softmax's fixed key shift), loaded when absent.
+    return {
+        name: tuple(t.shape)
+        for name, t in model.state_dict().items()
+        if not name.endswith("key_shift")
+    }
 
 
 SUPPORTED = {
@@ -387,3 +392,51 @@ def test_causal_lm_runs_in_onnx_runtime(tmp_path, exporter):
             expected = step(*inputs.values())
         for actual, want in zip(run_onnx(session, **inputs), expected, strict=True):
             np.testing.assert_allclose(actual, want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_fixed_key_shift_equal_to_the_sequence_maximum_reproduces_causal_softmax():
+    """performer's causal softmax with its sequence-wide key maximum equal to the fixed shift:
+    the outputs are performer's, eps terms included."""
+    torch.manual_seed(0)
+    original = PerformerLM(**LM_SIZES, causal=True).eval()
+    compat = CompatLM(**LM_SIZES, causal=True).eval()
+    compat.load_state_dict(original.state_dict(), strict=True)
+    tokens = torch.randint(0, LM_SIZES["num_tokens"], (1, 32))
+    maxima = []
+
+    def record(fast, args):
+        keys = args[1]
+        projected = (keys * keys.shape[-1] ** -0.25) @ fast.projection_matrix.T
+        maxima.append(projected.amax(dim=(-1, -2))[0])
+
+    hooks = [
+        m.register_forward_pre_hook(record)
+        for m in original.modules()
+        if type(m).__name__ == "FastAttention"
+    ]
+    with torch.no_grad():
+        expected = original(tokens)
+    for hook in hooks:
+        hook.remove()
+    layers = [m for m in compat.modules() if isinstance(m, CompatAttention)]
+    for layer, shift in zip(layers, maxima, strict=True):
+        layer.set_key_shift(shift)
+    with torch.no_grad():
+        got = compat(tokens)
+    # Only performer's 1e-6 denominator eps is left.
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(AssertionError):  # without the shift, the eps terms weigh otherwise
+        torch.testing.assert_close(CompatLM(**LM_SIZES, causal=True).eval()(tokens), expected)
+
+
+def test_a_key_shift_survives_a_favor_checkpoint_and_loads_absent_from_performers():
+    compat = CompatLM(**LM_SIZES, causal=True).eval()
+    layers = [m for m in compat.modules() if isinstance(m, CompatAttention)]
+    for layer in layers:
+        layer.set_key_shift(torch.tensor([1.5, -0.5]))
+    rebuilt = CompatLM(**compat.config())
+    rebuilt.load_state_dict(compat.state_dict(), strict=True)
+    for layer in (m for m in rebuilt.modules() if isinstance(m, CompatAttention)):
+        torch.testing.assert_close(layer.key_shift, torch.tensor([1.5, -0.5]))
+    performers = PerformerLM(**LM_SIZES, causal=True).state_dict()
+    rebuilt.load_state_dict(performers, strict=True)  # it has no key_shift: the shift stays
