@@ -8,20 +8,29 @@ published at once (:mod:`.files`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from favor.runtime.contract import Manifest, ModelKind
 from favor.runtime.manifest import ManifestError, export_files, find_manifest, read_manifest
 
-from .checkpoint import LoadedModel, load_model
+from .checkpoint import LoadedModel, class_path, load_model, load_state_dict
 from .errors import ExportError, MissingKernelError, ValidationError
 from .files import check_targets, output_directory, publish, staging_dir, writing
 from .formats import FORMAT_REGISTRY, Built, ExportJob, Format, get_format
+from .importers import (
+    FidelityReport,
+    Importer,
+    find_importer,
+    importer_for_class,
+    read_calibration,
+)
+from .importers.heal import heal
 from .manifest import (
     build_manifest,
     check_validation_entries,
@@ -58,6 +67,8 @@ class ExportResult:
     manifest: Manifest
     report: ValidationReport | None = None
     warnings: list[str] = field(default_factory=list)
+    # How the imported model compares with the foreign original (None without an import).
+    fidelity: FidelityReport | None = None
 
     @property
     def onnx_path(self) -> Path | None:
@@ -74,6 +85,7 @@ class _Prepared:
     trace, ``reference`` (float32) what validation compares with."""
 
     loaded: LoadedModel
+    fidelity: FidelityReport | None
     reference: nn.Module
     module: nn.Module
     spec: ModelSpec
@@ -105,6 +117,11 @@ def export(
     fused_attention: bool = False,
     quantize: str | None = None,
     int8_scheme: str | None = None,
+    import_foreign: bool = True,
+    import_as: str | None = None,
+    import_kwargs: Mapping[str, object] | None = None,
+    calibration_data: str | Path | None = None,
+    heal_steps: int = 0,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``model`` to every format in ``formats``, validate the files, write a manifest.
@@ -148,6 +165,19 @@ def export(
             and the TorchScript archive stays float.
         int8_scheme: one of :data:`.quantize.INT8_SCHEMES` (default: the one that holds on
             every CPU); only with ``quantize``.
+        import_foreign: convert a model from another implementation that an importer
+            recognizes (:mod:`.importers`, e.g. performer-pytorch's ``PerformerLM``) into its
+            favor.ops equivalent first, and measure how close it is (``result.fidelity``);
+            False exports the module as it is.
+        import_as: with a bare ``state_dict`` file as ``model``: the class it belongs to (e.g.
+            ``performer_pytorch.PerformerLM``), rebuilt from ``import_kwargs`` without the
+            foreign package.
+        import_kwargs: that class's constructor arguments.
+        calibration_data: token ids (``.npy``) or text (byte vocabularies) to measure an
+            imported language model's NLL and top-1 agreement on.
+        heal_steps: distill an imported causal LM from the original on ``calibration_data``
+            for this many steps (:mod:`.importers.heal`) before exporting it; the fidelity
+            report then holds both, before and after.
         progress: called as ``progress(stage, message)`` at each step.
 
     Returns:
@@ -164,14 +194,21 @@ def export(
         validate=validate_outputs, atol=atol, rtol=rtol, allow_modules=allow_modules,
         trust_pickle=trust_pickle, external_data=external_data, dtype=dtype,
         fused_attention=fused_attention, quantize=quantize, int8_scheme=int8_scheme,
+        import_foreign=import_foreign, import_as=import_as, import_kwargs=import_kwargs,
+        calibration_data=None if calibration_data is None else Path(calibration_data),
+        heal_steps=heal_steps,
     )  # fmt: skip
     say = progress or _silent
     say("load", str(model) if not isinstance(model, nn.Module) else type(model).__name__)
-    loaded, source_path = _load(model, options.allow_modules, options.trust_pickle)
+    if options.import_as is not None:
+        loaded, source_path = _rebuilt(model, options), Path(model)
+    else:
+        loaded, source_path = _load(model, options.allow_modules, options.trust_pickle)
+    loaded, fidelity = _imported(loaded, options, say)
     chosen_exporter = options.exporter_for(loaded.source)
     formats_ = [get_format(f).from_options(options, chosen_exporter) for f in options.formats]
     out, name = _destination(options, loaded, source_path, output_dir, formats_)
-    prepared = _prepare(loaded, options, say)
+    prepared = _prepare(loaded, fidelity, options, say)
     with output_directory(out) as out, staging_dir(out) as stage:
         job = ExportJob(prepared.module, prepared.spec, prepared.output_dims, name, stage, out, say)
         built = [f.build(job) for f in formats_]
@@ -200,6 +237,7 @@ def export(
         manifest,
         report,
         prepared.notes,
+        fidelity,
     )
 
 
@@ -214,6 +252,82 @@ def _load(
         path = Path(model)
         return load_model(path, allow_modules=tuple(allow_modules), trust_pickle=trust_pickle), path
     raise ExportError(f"model must be an nn.Module or a path, got {type(model).__name__}")
+
+
+def _rebuilt(model: nn.Module | str | Path, options: ExportOptions) -> LoadedModel:
+    """The state_dict route: ``options.import_as(**options.import_kwargs)`` rebuilt in favor.ops
+    with the weights of the bare state_dict file ``model``."""
+    if isinstance(model, nn.Module):
+        raise ExportError("import_as rebuilds a model from a state_dict file, not a module")
+    kwargs = dict(options.import_kwargs or {})
+    state_dict = load_state_dict(model)
+    importer = importer_for_class(options.import_as)
+    module = importer.from_state_dict(options.import_as, kwargs, state_dict)
+    return LoadedModel(module.eval(), "state-dict", options.import_as, kwargs)
+
+
+def _imported(
+    loaded: LoadedModel, options: ExportOptions, say: Progress
+) -> tuple[LoadedModel, FidelityReport | None]:
+    """``loaded`` with a foreign model converted to favor.ops, and the fidelity of that."""
+    if not options.import_foreign or loaded.source == "state-dict":
+        return loaded, None
+    importer = find_importer(loaded.module)
+    if importer is None:
+        if options.calibration_data is not None:
+            raise ExportError(
+                "--calibration-data measures an imported model, and no importer recognizes "
+                f"{loaded.class_path or class_path(loaded.module)}"
+            )
+        return loaded, None
+    original = loaded.module
+    imported = importer.convert(original).eval()
+    say("import", f"{class_path(original)} ({importer.name}) -> {class_path(imported)}")
+    calibration = (
+        None
+        if options.calibration_data is None
+        else read_calibration(options.calibration_data, imported)
+    )
+    if calibration is not None:
+        importer.calibrate(original, imported, calibration)
+    fidelity = importer.fidelity(original, imported, calibration)
+    say("fidelity", fidelity.summary())
+    if options.heal_steps:
+        imported, fidelity = _healed(
+            importer, original, imported, calibration, fidelity, options, say
+        )
+    if fidelity.exact and fidelity.misses:
+        raise ExportError(
+            f"the imported model does not reproduce {fidelity.original}: "
+            f"{'; '.join(fidelity.misses)}; export the original with --no-import"
+        )
+    return LoadedModel(imported, loaded.source, loaded.class_path, loaded.config), fidelity
+
+
+def _healed(
+    importer: Importer,
+    original: nn.Module,
+    imported: nn.Module,
+    calibration: np.ndarray,
+    before: FidelityReport,
+    options: ExportOptions,
+    say: Progress,
+) -> tuple[nn.Module, FidelityReport]:
+    """``imported`` distilled from ``original`` for ``options.heal_steps``, and its fidelity."""
+    if before.exact or not hasattr(imported, "vocab_size"):
+        raise ExportError(
+            "--heal-steps heals causal language models, whose import cannot be exact; "
+            f"{before.imported} is not one"
+        )
+    max_length = imported.config().get("max_seq_len", calibration.size)
+    healed = heal(
+        original, imported, calibration, options.heal_steps, max_length=max_length,
+        progress=lambda step, kl: say("heal", f"step {step}/{options.heal_steps}: KL {kl:.4g}"),
+    )  # fmt: skip
+    after = importer.fidelity(original, healed, calibration)
+    after.heal_steps, after.before_healing = options.heal_steps, before
+    say("fidelity", f"after healing: {after.summary()}")
+    return healed, after
 
 
 def _destination(
@@ -238,7 +352,9 @@ def _destination(
     return Path(output_dir), name
 
 
-def _prepare(loaded: LoadedModel, options: ExportOptions, say: Progress) -> _Prepared:
+def _prepare(
+    loaded: LoadedModel, fidelity: FidelityReport | None, options: ExportOptions, say: Progress
+) -> _Prepared:
     """Spec the model, cast it to the export dtype, and find its outputs' dims."""
     reference, spec = exportable(loaded.module, list(options.inputs))
     module, spec = cast_model(reference, options.dtype), cast_spec(spec, options.dtype)
@@ -255,10 +371,14 @@ def _prepare(loaded: LoadedModel, options: ExportOptions, say: Progress) -> _Pre
         "calibrate it with favor.ops.calibrating before saving"
         for path, layer_kernel in uncalibrated_causal_layers(loaded.module)
     ]
+    if fidelity is not None and not fidelity.exact and fidelity.misses:
+        notes.append(
+            f"the imported causal model misses its fidelity targets ({'; '.join(fidelity.misses)})"
+        )
     for note in notes:
         say("warning", note)
     dims, dtypes = describe_outputs(module, spec)
-    return _Prepared(loaded, reference, module, spec, dims, dtypes, notes)
+    return _Prepared(loaded, fidelity, reference, module, spec, dims, dtypes, notes)
 
 
 def _expected(reference: nn.Module, dtype: str) -> Expected:
@@ -318,11 +438,13 @@ def _manifest(
 ) -> Manifest:
     loaded = prepared.loaded
     entries = {key: value for b in built for key, value in b.manifest.items()}
+    source = {"format": loaded.source, "class": loaded.class_path, "config": loaded.config}
+    if prepared.fidelity is not None:
+        source["imported"] = {"class": class_path(loaded.module), **prepared.fidelity.to_json()}
     return build_manifest(
         name=name, spec=prepared.spec, output_dims=prepared.output_dims,
         output_dtypes=prepared.output_dtypes, model=loaded.module,
-        source={"format": loaded.source, "class": loaded.class_path, "config": loaded.config},
-        files=files, validation=None if report is None else report.to_json(),
+        source=source, files=files, validation=None if report is None else report.to_json(),
         dtype=options.dtype, format_entries=entries,
     )  # fmt: skip
 
@@ -336,6 +458,7 @@ def validate_export(
     rtol: float | None = None,
     allow_modules: Sequence[str] = (),
     trust_pickle: bool = False,
+    import_foreign: bool = True,
     progress: Progress | None = None,
 ) -> ValidationReport:
     """Re-run export-time validation of an existing export against ``model``.
@@ -353,6 +476,8 @@ def validate_export(
         name: which export, when the directory holds several.
         atol, rtol: elementwise tolerances, as for :func:`export`.
         allow_modules, trust_pickle: how ``model`` may be loaded, as for :func:`export`.
+        import_foreign: convert a foreign model as :func:`export` did (the export holds the
+            converted model); False for exports made with ``import_foreign=False``.
         progress: called as ``progress(stage, message)`` at each step.
 
     Returns:
@@ -378,7 +503,8 @@ def validate_export(
     dtype = manifest.dtype
     _check_recorded_precision(dtype, manifest.quantization is not None, files, manifest_path.name)
     loaded, _ = _load(model, allow_modules, trust_pickle)
-    module = traced_module(loaded.module)
+    importer = find_importer(loaded.module) if import_foreign else None
+    module = traced_module(loaded.module if importer is None else importer.convert(loaded.module))
     spec = spec_from_manifest(manifest)
     model_spec = uncast_spec(spec, dtype)  # what the float32 model takes
     if spec.kind is ModelKind.MODULE:

@@ -361,3 +361,32 @@ def load_model(
         raise ExportError(f"{source} unpickles to a {type(module).__name__}, not a torch.nn.Module")
     config = module.config() if callable(getattr(module, "config", None)) else None
     return LoadedModel(module.eval(), "pickle", class_path(module), config)
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A bare ``state_dict`` saved with ``torch.save``, loaded with ``weights_only=True``.
+
+    For models rebuilt from their constructor arguments (``favor-export --import-as``): the
+    file holds tensors only, so no code from it runs. An ExportError says what else it holds.
+    """
+    source = Path(path)
+    _check_regular_file(source)
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ExportError(
+            f"{source} is not a bare state_dict: it holds Python objects beyond tensors; save "
+            "model.state_dict() with torch.save"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ExportError(
+            f"{source} cannot be read by torch.load: {str(error).splitlines()[0]}"
+        ) from None
+    if not isinstance(payload, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()
+    ):
+        raise ExportError(
+            f"{source} is not a bare state_dict (a dict of named tensors): it holds a "
+            f"{type(payload).__name__}"
+        )
+    return payload

@@ -246,6 +246,11 @@ Examples:
       int8 weight MatMuls in the ONNX graph (about 3x smaller); attention stays float
   favor-export lm.pt --fused-attention
       each causal layer as one ONNX Runtime LinearAttention node (runs on ONNX Runtime only)
+  favor-export performer_lm.pt --trust-pickle --calibration-data text.npy
+      a pickled performer-pytorch model: converted to favor.ops (leak-free causal attention,
+      streaming state), with a fidelity report against the original
+  favor-export weights.pt --import-as performer_pytorch.PerformerLM --import-kwargs lm.json
+      a performer-pytorch state_dict and its constructor arguments: nothing unpickled
 
 \b
 Causal LMs export one stateful graph: inputs tokens + state.*, outputs logits + new_state.*;
@@ -345,6 +350,42 @@ object on failure too, with the error and the exit code.
     "uses uint8 weights; -per-tensor uses one scale per weight; u8s8-float-kv keeps k_proj and "
     "v_proj float. Figures per scheme: python -m benchmarks.quantize.",
 )
+@click.option(
+    "--import/--no-import",
+    "import_foreign",
+    default=True,
+    show_default=True,
+    help="Convert a model from another implementation (performer-pytorch's PerformerLM or "
+    "Performer, or a module holding its SelfAttention/FastAttention layers) into favor.ops "
+    "first, and report how close it is; --no-import exports the module as it is.",
+)
+@click.option(
+    "--import-as",
+    metavar="CLASS",
+    help="MODEL is a bare state_dict of CLASS (e.g. performer_pytorch.PerformerLM), rebuilt "
+    "from --import-kwargs: no unpickling, and no need for the foreign package.",
+)
+@click.option(
+    "--import-kwargs",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE.json",
+    help="--import-as CLASS's constructor arguments, as a JSON object.",
+)
+@click.option(
+    "--calibration-data",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="Token ids (.npy) or text (byte vocabularies) on which to measure an imported "
+    "language model's next-token NLL and top-1 agreement with the original.",
+)
+@click.option(
+    "--heal-steps",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Distill an imported causal LM from the original on --calibration-data for this many "
+    "steps (CPU) before exporting; the fidelity report shows before and after.",
+)
 @_common_options
 def export_command(
     model,
@@ -360,6 +401,11 @@ def export_command(
     dtype,
     quantize,
     int8_scheme,
+    import_foreign,
+    import_as,
+    import_kwargs,
+    calibration_data,
+    heal_steps,
     atol,
     rtol,
     allow_modules,
@@ -372,6 +418,7 @@ def export_command(
 
     report = Reporter("favor-export", quiet)
     with _errors_to_exit_codes("favor-export", debug, as_json):
+        kwargs = None if import_kwargs is None else _json_object(import_kwargs, "--import-kwargs")
         result = export(
             model, output, opset=opset, name=name, formats=formats, exporter=exporter,
             inputs=inputs,
@@ -382,8 +429,15 @@ def export_command(
             fused_attention=fused_attention,
             quantize=quantize,
             int8_scheme=int8_scheme,
+            import_foreign=import_foreign,
+            import_as=import_as,
+            import_kwargs=kwargs,
+            calibration_data=calibration_data,
+            heal_steps=heal_steps,
             progress=report,
         )  # fmt: skip
+        if result.fidelity is not None and not quiet and not as_json:
+            click.echo(result.fidelity.table(), err=True)
         if result.report is not None and not quiet and not as_json:
             click.echo(result.report.table(), err=True)
         if as_json:
@@ -393,11 +447,25 @@ def export_command(
                 "files": {role: str(path) for role, path in result.files.items()},
                 "manifest": str(result.manifest_path),
                 "validation": None if result.report is None else result.report.to_json(),
+                "fidelity": None if result.fidelity is None else result.fidelity.to_json(),
             }
             click.echo(json.dumps(payload, indent=2))
         elif not quiet:
             for path in [*result.files.values(), result.manifest_path]:
                 click.echo(str(path))
+
+
+def _json_object(path: Path, option: str) -> dict:
+    """The JSON object in ``path``; an ExportError naming ``option`` otherwise."""
+    try:
+        value = json.loads(path.read_text())
+    except OSError as error:
+        raise ExportError(f"cannot read {option} {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise ExportError(f"{option} {path} is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ExportError(f"{option} {path} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 VALIDATE_HELP = """Re-check an existing export against its PyTorch model, without re-exporting.
@@ -432,12 +500,21 @@ Exit codes: 0 parity holds, 1 parity fails, 2 bad input, 3 internal error, 130 i
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also write the result as JUnit XML for CI.",
 )
+@click.option(
+    "--import/--no-import",
+    "import_foreign",
+    default=True,
+    show_default=True,
+    help="Convert a foreign MODEL (performer-pytorch) as favor-export did; --no-import for "
+    "exports made with --no-import.",
+)
 @_common_options
 def validate_command(
     export_dir,
     model,
     name,
     junit_xml,
+    import_foreign,
     atol,
     rtol,
     allow_modules,
@@ -452,7 +529,7 @@ def validate_command(
     with _errors_to_exit_codes("favor-validate", debug, as_json):
         report = validate_export(
             model, export_dir, name=name, atol=atol, rtol=rtol, allow_modules=allow_modules,
-            trust_pickle=trust_pickle, progress=report_progress,
+            trust_pickle=trust_pickle, import_foreign=import_foreign, progress=report_progress,
         )  # fmt: skip
         if junit_xml is not None:
             with writing(junit_xml):

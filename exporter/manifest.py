@@ -65,6 +65,10 @@ def attention_layers(model: nn.Module) -> list[dict]:
         # config(), which TorchScript does not keep.
         if isinstance(sub, FavorAttention):
             layer = {"path": path, **sub.config(), "feature_dim": sub.feature_dim}
+            # A subclass configured by other names (performer_compat's feature_map) still has
+            # the kernel and projection FavorAttention runs.
+            layer.setdefault("kernel", sub.kernel)
+            layer.setdefault("projection", sub.projection)
             if sub.calibration is not None:
                 layer["calibrated"] = sub.calibration.calibrated
             layers.append(layer)
@@ -127,6 +131,7 @@ def build_manifest(
         torchscript=entries.pop("torchscript", None),
         sequence_dim=spec.sequence_dim,
         chunk_size=spec.chunk_size,
+        max_sequence_length=spec.max_length,
         attention=tuple(attention_layers(model)),
         example_sizes=dict(spec.example_sizes),
         sweep=tuple(dict(case) for case in spec.sweep),
@@ -194,4 +199,5 @@ def spec_from_manifest(manifest: Manifest) -> ModelSpec:
         states=tuple(StateSpec(s.input, s.output) for s in manifest.state),
         sequence_dim=manifest.sequence_dim,
         chunk_size=manifest.chunk_size,
+        max_length=manifest.max_sequence_length,
     )

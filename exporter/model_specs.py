@@ -94,27 +94,36 @@ def spec_builder(model: nn.Module) -> SpecBuilder | None:
     return next((SPEC_REGISTRY[c] for c in type(model).__mro__ if c in SPEC_REGISTRY), None)
 
 
-def _sequence_sweep(chunk: int, example: int) -> tuple[dict[str, int], ...]:
-    # Length 1 (decode), a length that is not a multiple of the chunk, one that is, and one
-    # longer than the traced example: each would expose a shape baked into the graph.
+def sequence_sweep(
+    chunk: int, example: int, limit: int | None = None
+) -> tuple[dict[str, int], ...]:
+    """The validation cases of a sequence model traced at ``example`` tokens: length 1
+    (decode), a length that is not a multiple of the chunk, one that is, and one longer than
+    the example; each would expose a shape baked into the graph. ``limit`` caps the lengths,
+    for models with a largest position."""
+    cap = (lambda n: n) if limit is None else (lambda n: min(n, limit))
     return (
         {"batch": 1, "seq": 1},
-        {"batch": 3, "seq": chunk + 3},
-        {"batch": 2, "seq": 2 * chunk},
-        {"batch": 1, "seq": example + chunk + 2},
+        {"batch": 3, "seq": cap(chunk + 3)},
+        {"batch": 2, "seq": cap(2 * chunk)},
+        {"batch": 1, "seq": cap(example + chunk + 2)},
     )
 
 
 @register_spec(PerformerLM, wrap=lambda lm: LMStep(lm).eval())
-def lm_spec(lm: PerformerLM) -> ModelSpec:
-    """``tokens, state.offsets, state.0, ...`` -> ``logits, new_state.offsets, new_state.0, ...``:
-    the state entries are the model's own :meth:`~PerformerLM.initial_state`, batch-symbolic."""
-    config = lm.config()
-    chunk = config["chunk_size"]
-    example = {"batch": 2, "seq": 2 * chunk + 5}
+def lm_spec(lm: nn.Module, max_length: int | None = None) -> ModelSpec:
+    """``tokens, state.offsets, state.0, ...`` -> ``logits, new_state.offsets, new_state.0, ...``
+    for a causal LM called as :class:`PerformerLM` is (``lm(tokens, state, return_state=True)``,
+    with ``lm.vocab_size``, ``lm.config()["chunk_size"]`` and ``lm.initial_state``). The state
+    entries are the model's own initial state, batch-symbolic. ``max_length`` caps the traced
+    and validated lengths."""
+    chunk = lm.config()["chunk_size"]
+    # Traced at most half the longest length: describing the outputs runs a few tokens more.
+    seq = 2 * chunk + 5 if max_length is None else min(2 * chunk + 5, max_length // 2)
+    example = {"batch": 2, "seq": seq}
     offsets, *layers = lm.initial_state(1)
     carried = {"offsets": offsets, **{str(i): layer for i, layer in enumerate(layers)}}
-    inputs = [TensorSpec("tokens", ("batch", "seq"), "int64", high=config["vocab_size"])]
+    inputs = [TensorSpec("tokens", ("batch", "seq"), "int64", high=lm.vocab_size)]
     inputs += [
         TensorSpec(f"state.{key}", ("batch", *t.shape[1:]), _dtype_name(t), sampler="zeros")
         for key, t in carried.items()
@@ -122,8 +131,8 @@ def lm_spec(lm: PerformerLM) -> ModelSpec:
     states = [StateSpec(f"state.{key}", f"new_state.{key}") for key in carried]
     return ModelSpec(
         ModelKind.CAUSAL_LM, tuple(inputs), ("logits", *(s.output for s in states)), example,
-        _sequence_sweep(chunk, example["seq"]), states=tuple(states), sequence_dim="seq",
-        chunk_size=chunk,
+        sequence_sweep(chunk, seq, max_length), states=tuple(states), sequence_dim="seq",
+        chunk_size=chunk, max_length=max_length,
     )  # fmt: skip
 
 
@@ -143,7 +152,7 @@ def encoder_spec(encoder: PerformerEncoder) -> ModelSpec:
     )
     output = "logits" if config["num_classes"] is not None else "hidden"
     return ModelSpec(
-        ModelKind.ENCODER, inputs, (output,), example, _sequence_sweep(chunk, example["seq"]),
+        ModelKind.ENCODER, inputs, (output,), example, sequence_sweep(chunk, example["seq"]),
         sequence_dim="seq", chunk_size=chunk,
     )  # fmt: skip
 

@@ -8,11 +8,13 @@ milliseconds instead of after loading and tracing a large model.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import ExportError
 from .formats import FORMAT_REGISTRY
+from .importers import importer_for_class
 from .onnx_graph import EXPORTERS, MIN_OPSET_BY_EXPORTER, check_opset
 from .precision import parse_dtype
 from .quantize import QuantizationSettings, int8_settings, parse_quantize
@@ -52,6 +54,11 @@ class ExportOptions:
     fused_attention: bool = False
     quantize: str | None = None
     int8_scheme: str | None = None
+    import_foreign: bool = True
+    import_as: str | None = None
+    import_kwargs: Mapping[str, object] | None = None
+    calibration_data: Path | None = None
+    heal_steps: int = 0
 
     def __post_init__(self) -> None:
         # Frozen: the normalized values are set once, here.
@@ -71,6 +78,27 @@ class ExportOptions:
         if self.inputs:
             declared_spec(list(self.inputs), ("output",))  # raises on a bad declaration
         self._check_onnx_options()
+        self._check_import_options()
+
+    def _check_import_options(self) -> None:
+        if not self.import_foreign and (self.import_as or self.calibration_data):
+            given = "--import-as" if self.import_as else "--calibration-data"
+            raise ExportError(f"{given} needs importing, and --no-import was given")
+        if not (isinstance(self.heal_steps, int) and self.heal_steps >= 0):
+            raise ExportError(f"heal steps must be an integer >= 0, got {self.heal_steps!r}")
+        if self.heal_steps and self.calibration_data is None:
+            raise ExportError("--heal-steps distills on --calibration-data, which was not given")
+        if self.import_kwargs is not None and self.import_as is None:
+            raise ExportError(
+                "--import-kwargs describes the class named by --import-as, which was not given"
+            )
+        if self.import_as is not None:
+            importer_for_class(self.import_as)  # raises for a class no importer converts
+            if self.import_kwargs is not None and not isinstance(self.import_kwargs, Mapping):
+                raise ExportError(
+                    f"--import-kwargs must be a JSON object of {self.import_as}'s constructor "
+                    f"arguments, got {type(self.import_kwargs).__name__}"
+                )
 
     def _check_onnx_options(self) -> None:
         if "onnx" in self.formats:

@@ -103,6 +103,8 @@ class ModelSpec:
     states: tuple[StateSpec, ...] = ()
     sequence_dim: str | None = None
     chunk_size: int | None = None
+    # The longest sequence the model takes; checks never go past it. None: unbounded.
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", _member(ModelKind, self.kind, "model kind"))

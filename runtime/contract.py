@@ -136,6 +136,8 @@ class Manifest:
     torchscript: dict | None
     sequence_dim: str | None
     chunk_size: int | None
+    # The longest sequence the model takes (its largest position + 1); None where unbounded.
+    max_sequence_length: int | None
     attention: tuple[dict, ...]
     example_sizes: dict[str, int]
     sweep: tuple[dict[str, int], ...]
@@ -454,6 +456,7 @@ _ENTRIES: dict[str, tuple[Callable[[object], bool], str, object]] = {
     "source": (_is_object, "an object", _MISSING),
     "torchscript": (_or_null(_is_object), "an object or null", None),
     "chunk_size": (_or_null(_is_positive), "a positive integer or null", None),
+    "max_sequence_length": (_or_null(_is_positive), "a positive integer or null", None),
     "attention": (_list_of(_is_object), "a list of objects", _MISSING),
     "example_sizes": (_is_sizes, "an object of positive integers", {}),
     "sweep": (_list_of(_is_sizes), "a list of objects of positive integers", []),

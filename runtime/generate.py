@@ -104,6 +104,13 @@ class Generator:
             raise RuntimeError(
                 f"this Generator failed earlier ({self._failure}); call reset() before using it again"
             )
+        limit = self.session.manifest.max_sequence_length
+        if limit is not None and self.position + tokens.shape[1] > limit:
+            raise ValueError(
+                f"the sequence would reach {self.position + tokens.shape[1]} tokens, and this "
+                f"model takes at most {limit} (max_sequence_length); stream with window={limit} "
+                "to keep generating"
+            )
         try:
             binding = self.session.io_binding()
             binding.bind_cpu_input(self.tokens_input.name, tokens)

@@ -29,7 +29,8 @@ def check_decode(
     a chunk boundary. Adds one row, ``"<label> (decode)"``, for the logits.
     """
     chunk = spec.chunk_size or _DEFAULT_CHUNK
-    full_inputs = spec.sample({"batch": 2, "seq": chunk + 5}, seed=99)
+    length = chunk + 5 if spec.max_length is None else min(chunk + 5, spec.max_length)
+    full_inputs = spec.sample({"batch": 2, "seq": length}, seed=99)
     names = [t.name for t in spec.inputs]
     state_inputs = [names.index(s.input) for s in spec.states]
     state_outputs = [spec.output_names.index(s.output) for s in spec.states]

@@ -44,7 +44,8 @@ FIRST_VERSION = {
 CURRENT_KEYS = [
     "format", "format_version", "name", "kind", "versions", "opset", "exporter", "fused_attention",
     "dtype", "quantization", "source", "inputs", "outputs", "state", "torchscript",
-    "sequence_dim", "chunk_size", "attention", "example_sizes", "sweep", "validation", "files",
+    "sequence_dim", "chunk_size", "max_sequence_length", "attention", "example_sizes", "sweep",
+    "validation", "files",
 ]  # fmt: skip
 
 
@@ -105,10 +106,12 @@ def test_entries_a_manifest_may_lack_take_their_defaults():
     bare = copy.deepcopy(FIRST_VERSION)
     for key in ("sequence_dim", "chunk_size", "example_sizes", "sweep"):
         del bare[key]
+    bare.pop("max_sequence_length", None)
     del bare["inputs"][1]["sampler"]
     bare["state"] = [{"input": "state.0", "output": "new_state.0"}]
     manifest = Manifest.from_json(bare, "lm.manifest.json")
     assert manifest.sequence_dim is None and manifest.chunk_size is None
+    assert manifest.max_sequence_length is None
     assert manifest.example_sizes == {} and manifest.sweep == ()
     assert manifest.input("state.0").sampler is Sampler.DATA
     assert manifest.state == (

@@ -1,0 +1,414 @@
+"""performer-pytorch (PyPI ``performer-pytorch``): its ``PerformerLM``, ``Performer``, and user
+modules holding its ``SelfAttention`` or ``FastAttention`` layers, rebuilt from
+:mod:`favor.ops.performer_compat`.
+
+The favor models mirror performer-pytorch's module tree, so its ``state_dict`` loads into them
+unchanged (strictly: every weight is carried over, and nothing is left out). The constructor
+arguments are read off the module; a configuration favor cannot reproduce is refused naming the
+option. performer-pytorch is never imported here: its modules are recognized by their class's
+module path.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from favor.ops.performer_compat import (
+    CompatAttention,
+    CompatLM,
+    CompatPerformer,
+    SelfAttention,
+)
+from favor.runtime.contract import ModelKind, Sampler
+
+from ..model_specs import LMStep, lm_spec, register_spec, sequence_sweep
+from ..specs import ModelSpec, TensorSpec
+from .base import Importer, ImportRefusedError, register_importer
+from .fidelity import FidelityReport, measure, token_rows
+
+PACKAGE = "performer_pytorch"
+# Calibration rows: at most this many, each at most CALIBRATION_LENGTH tokens (or max_seq_len).
+CALIBRATION_ROWS = 8
+CALIBRATION_LENGTH = 512
+# Random inputs for the fidelity check: batch 2 of this many tokens (or max_seq_len).
+PROBE_LENGTH = 256
+
+
+def _is(module: nn.Module, name: str) -> bool:
+    """Whether ``module`` is exactly performer-pytorch's class ``name`` (not a subclass, whose
+    forward may differ)."""
+    cls = type(module)
+    return cls.__module__.split(".")[0] == PACKAGE and cls.__name__ == name
+
+
+def _refuse(option: str, value: object, why: str) -> ImportRefusedError:
+    return ImportRefusedError(
+        f"cannot import this performer-pytorch model: {option}={value!r} ({why}); export it "
+        "unchanged with --no-import"
+    )
+
+
+def _check_layers(stack: nn.Module) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
+    """``(wrapper, SelfAttention, FeedForward)`` of each layer of a ``Performer``'s ``net``,
+    after refusing what favor does not reproduce."""
+    if type(stack.net).__name__ == "ReversibleSequence":
+        raise _refuse("reversible", True, "reversible layers compute another network")
+    layers = []
+    for pair in stack.net.layers:
+        wrapper, ff_wrapper = pair
+        attention, ff = wrapper.fn, ff_wrapper.fn
+        if _is(attention, "PreShiftTokens") or _is(ff, "PreShiftTokens"):
+            raise _refuse("shift_tokens", True, "token shifting mixes neighbours in")
+        if _is(attention, "CrossAttention"):
+            raise _refuse("cross_attend", True, "cross-attention needs a context")
+        if attention.local_attn is not None:
+            local = attention.heads - attention.global_heads
+            raise _refuse("local_attn_heads", local, "windowed softmax heads keep no fixed state")
+        feed_forward = ff.fn  # performer's Chunk wraps the FeedForward
+        if not isinstance(feed_forward.act, nn.GELU) or feed_forward.act.approximate != "none":
+            raise _refuse("activation", type(feed_forward.act).__name__, "only GELU is supported")
+        fast = attention.fast_attention
+        relu = type(fast.kernel_fn) is nn.ReLU
+        if fast.generalized_attention and not fast.no_projection and not relu:
+            raise _refuse("kernel_fn", type(fast.kernel_fn).__name__, "only nn.ReLU")
+        layers.append((wrapper, attention, feed_forward))
+    return layers
+
+
+def _stack_kwargs(stack: nn.Module) -> dict:
+    """``Performer``'s constructor arguments, read off an instance."""
+    layers = _check_layers(stack)
+    wrapper, attention, feed_forward = layers[0]
+    fast = attention.fast_attention
+    dim = attention.to_q.in_features
+    return {
+        "dim": dim,
+        "depth": len(layers),
+        "heads": attention.heads,
+        "dim_head": fast.dim_heads,
+        "causal": bool(fast.causal),
+        "ff_mult": feed_forward.w2.in_features // dim,
+        "nb_features": fast.nb_features,
+        "ff_chunks": stack.net.layers[0][1].fn.chunks,
+        "generalized_attention": bool(fast.generalized_attention),
+        "use_scalenorm": _is(wrapper, "PreScaleNorm"),
+        "use_rezero": _is(wrapper, "ReZero"),
+        "ff_glu": bool(feed_forward.glu),
+        "no_projection": bool(fast.no_projection),
+        "qkv_bias": attention.to_q.bias is not None,
+        "attn_out_bias": attention.to_out.bias is not None,
+    }
+
+
+def _lm_kwargs(lm: nn.Module) -> dict:
+    """``PerformerLM``'s constructor arguments, read off an instance."""
+    if _is(lm.pos_emb, "AxialPositionalEmbedding"):
+        raise _refuse("axial_position_emb", True, "use rotary or absolute positions")
+    return {
+        "num_tokens": lm.token_emb.num_embeddings,
+        "max_seq_len": lm.max_seq_len,
+        **_stack_kwargs(lm.performer),
+        "tie_embed": lm.to_out is None,
+        "rotary_position_emb": _is(lm.pos_emb, "FixedPositionalEmbedding"),
+    }
+
+
+def _loaded(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> nn.Module:
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ImportRefusedError(
+            f"the weights do not fit {what}: {' '.join(lines[1:3]) or lines[0]}"
+        ) from None
+    return model.eval()
+
+
+class AttentionLayer(nn.Module):
+    """A performer-pytorch ``SelfAttention`` layer, called as the original is, computed by
+    favor's :class:`~favor.ops.performer_compat.SelfAttention`."""
+
+    def __init__(self, layer: SelfAttention) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        pos_emb: torch.Tensor | None = None,
+        context: None = None,
+        mask: torch.Tensor | None = None,
+        **_: object,
+    ) -> torch.Tensor:
+        """``x (B, N, dim)``, performer's ``pos_emb (1, N, dim_head)`` and ``mask (B, N)``."""
+        if context is not None:
+            raise ValueError("self-attention takes no context")
+        return self.layer(x, pos_emb, mask)[0]
+
+
+def _attention_layer(original: nn.Module) -> AttentionLayer:
+    fast = original.fast_attention
+    attention = _fast_attention(fast)
+    layer = SelfAttention(
+        original.to_q.in_features, original.heads, fast.dim_heads,
+        qkv_bias=original.to_q.bias is not None, attn_out_bias=original.to_out.bias is not None,
+        attention=attention,
+    )  # fmt: skip
+    return AttentionLayer(_loaded(layer, original.state_dict(), "favor's SelfAttention"))
+
+
+def _fast_attention(fast: nn.Module) -> CompatAttention:
+    feature_map = (
+        "identity" if fast.no_projection else "relu" if fast.generalized_attention else "softmax"
+    )
+    attention = CompatAttention(
+        fast.dim_heads, fast.nb_features, causal=bool(fast.causal), feature_map=feature_map
+    )
+    return _loaded(attention, fast.state_dict(), "favor's CompatAttention")
+
+
+def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent_path) if parent_path else root, name, new)
+
+
+@register_importer
+class PerformerPytorchImporter(Importer):
+    """``PerformerLM`` -> :class:`~favor.ops.performer_compat.CompatLM`, ``Performer`` ->
+    :class:`~favor.ops.performer_compat.CompatPerformer`, and in any other module each
+    ``SelfAttention`` / ``FastAttention`` replaced by its favor equivalent."""
+
+    name = "performer-pytorch"
+    classes = ("performer_pytorch.PerformerLM", "performer_pytorch.Performer")
+
+    def recognizes(self, module: nn.Module) -> bool:
+        return any(
+            _is(m, name)
+            for m in module.modules()
+            for name in ("PerformerLM", "Performer", "SelfAttention", "FastAttention")
+        )
+
+    def convert(self, module: nn.Module) -> nn.Module:
+        if _is(module, "PerformerLM"):
+            model = _loaded(CompatLM(**_lm_kwargs(module)), module.state_dict(), "CompatLM")
+            if model.causal:
+                fix_key_shifts(module, model, _probe_tokens(model))
+            return model
+        if _is(module, "Performer"):
+            kwargs = _stack_kwargs(module)
+            model = CompatPerformer(**kwargs)
+            return _loaded(model, module.state_dict(), "CompatPerformer")
+        converted = copy.deepcopy(module)
+        # Outermost first: a replaced Performer or SelfAttention takes its inner layers along.
+        for path, sub in list(converted.named_modules()):
+            if not path or converted.get_submodule(path) is not sub:
+                continue
+            if _is(sub, "PerformerLM") or _is(sub, "Performer"):
+                _replace(converted, path, self.convert(sub))
+            elif _is(sub, "SelfAttention"):
+                _check_layers_of_attention(sub)
+                _replace(converted, path, _attention_layer(sub))
+            elif _is(sub, "FastAttention"):
+                _replace(converted, path, _fast_attention(sub))
+        return converted.eval()
+
+    def calibrate(self, original: nn.Module, imported: nn.Module, calibration: np.ndarray) -> None:
+        if isinstance(imported, CompatLM) and imported.causal:
+            fix_key_shifts(original, imported, _calibration_rows(imported, calibration))
+
+    def from_state_dict(
+        self, class_path: str, kwargs: Mapping[str, object], state_dict: Mapping[str, torch.Tensor]
+    ) -> nn.Module:
+        build = CompatLM if class_path == "performer_pytorch.PerformerLM" else CompatPerformer
+        try:
+            model = build(**kwargs)
+        except (TypeError, ValueError) as error:
+            raise ImportRefusedError(
+                f"cannot build {class_path} from --import-kwargs: {error}"
+            ) from None
+        return _loaded(model, state_dict, class_path)
+
+    def fidelity(
+        self, original: nn.Module, imported: nn.Module, calibration: np.ndarray | None
+    ) -> FidelityReport:
+        if isinstance(imported, CompatLM):
+            return _lm_fidelity(original, imported, calibration)
+        report = FidelityReport(_path(original), _path(imported), exact=True)
+        generator = torch.Generator().manual_seed(0)
+        pairs = [
+            (name, sub, imported.get_submodule(name))
+            for name, sub in original.named_modules()
+            if _is(sub, "SelfAttention") or _is(sub, "Performer")
+        ] or [("", original, imported)]
+        for name, before, after in pairs:
+            stack = before if _is(before, "Performer") else None
+            dim = (
+                before.net.layers[0][0].fn.to_q.in_features
+                if stack is not None
+                else before.to_q.in_features
+            )
+            causal = _any_causal(before)
+            report.exact &= not causal
+            x = torch.randn(2, 64, dim, generator=generator)
+            report.measurements.append(
+                measure(
+                    before, after, (x,), f"{name or 'model'}: random x (2, 64, {dim})", logits=False
+                )
+            )
+        return report
+
+
+def fix_key_shifts(original: nn.Module, imported: CompatLM, tokens: torch.Tensor) -> None:
+    """Give each causal softmax layer of ``imported`` the key shift performer's same layer
+    takes on ``tokens (B, N)``: its sequence-wide key maximum, averaged over the batch.
+
+    performer's key features are ``exp(y.w_i - |y|^2/2 - m) + eps`` with ``m`` the maximum of
+    ``y.w`` over the whole sequence; a constant ``m`` reads no future and keeps the ``eps``
+    terms where performer's training put them (:meth:`CompatAttention.set_key_shift`).
+    """
+    layers = [m for m in imported.modules() if isinstance(m, CompatAttention)]
+    originals = [m for m in original.modules() if _is(m, "FastAttention")]
+    if any(layer.feature_map != "softmax" for layer in layers) or len(layers) != len(originals):
+        return
+    maxima: list[torch.Tensor] = []
+
+    def record(fast: nn.Module, args: tuple) -> None:
+        keys = args[1]
+        projected = (keys * keys.shape[-1] ** -0.25) @ fast.projection_matrix.T.to(keys.dtype)
+        maxima.append(projected.amax(dim=(-1, -2)).mean(0))  # (B, H) -> (H,)
+
+    hooks = [fast.register_forward_pre_hook(record) for fast in originals]
+    try:
+        with torch.no_grad():
+            original(tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for layer, shift in zip(layers, maxima, strict=True):
+        layer.set_key_shift(shift)
+
+
+def _probe_tokens(model: CompatLM) -> torch.Tensor:
+    """Random token ids ``(2, min(max_seq_len, 256))``, the same for every import."""
+    length = min(model.config()["max_seq_len"], PROBE_LENGTH)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, model.vocab_size, (2, length), generator=generator)
+
+
+def _calibration_rows(model: CompatLM, ids: np.ndarray) -> torch.Tensor:
+    length = min(model.config()["max_seq_len"], CALIBRATION_LENGTH, ids.size)
+    return token_rows(ids, length, CALIBRATION_ROWS)
+
+
+def _check_layers_of_attention(attention: nn.Module) -> None:
+    if attention.local_attn is not None:
+        local = attention.heads - attention.global_heads
+        raise _refuse("local_attn_heads", local, "windowed softmax heads keep no fixed state")
+
+
+def _any_causal(module: nn.Module) -> bool:
+    return any(_is(m, "FastAttention") and m.causal for m in module.modules())
+
+
+def _path(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def _lm_fidelity(
+    original: nn.Module, imported: CompatLM, calibration: np.ndarray | None
+) -> FidelityReport:
+    """Logits on random tokens (with a mask when bidirectional), and on the calibration data:
+    top-1 agreement and next-token NLL for causal models."""
+    report = FidelityReport(_path(original), _path(imported), exact=not imported.causal)
+    vocab, limit = imported.vocab_size, imported.config()["max_seq_len"]
+    length = min(limit, PROBE_LENGTH)
+    tokens = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(0))
+    report.measurements.append(
+        measure(original, imported, (tokens,), f"random tokens (2, {length})", logits=True)
+    )
+    if not imported.causal:
+        mask = torch.arange(length) < torch.tensor([[length], [length // 2 + 1]])
+        label = f"random tokens (2, {length}), masked"
+        report.measurements.append(
+            measure(original, imported, (tokens, mask), label, logits=True, call=_with_mask)
+        )
+    if calibration is not None:
+        rows = _calibration_rows(imported, calibration)
+        label = f"calibration data ({rows.shape[0]} x {rows.shape[1]})"
+        targets = rows[:, 1:] if imported.causal else None
+        report.measurements.append(
+            measure(original, imported, (rows,), label, logits=True, next_token_targets=targets)
+        )
+    return report
+
+
+def _with_mask(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    tokens, mask = inputs
+    return model(tokens, mask=mask)
+
+
+# --- how the imported models export ---------------------------------------------------------
+
+
+class KeepMaskCall(nn.Module):
+    """A bidirectional :class:`CompatLM` or :class:`CompatPerformer` called with favor's
+    ``key_padding_mask`` (True at padding): performer's ``mask`` (True at real tokens) is its
+    negation."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, inputs: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model(inputs, mask=None if key_padding_mask is None else ~key_padding_mask)
+
+
+def _lm_wrap(model: CompatLM) -> nn.Module:
+    return LMStep(model).eval() if model.causal else KeepMaskCall(model).eval()
+
+
+@register_spec(CompatLM, wrap=_lm_wrap)
+def compat_lm_spec(model: CompatLM) -> ModelSpec:
+    """A causal model exports as favor's stateful causal LM; a bidirectional one as an encoder
+    whose ``key_padding_mask`` is the negation of performer's ``mask``."""
+    if model.causal:
+        return lm_spec(model, model.config()["max_seq_len"])
+    chunk = model.config()["chunk_size"]
+    example = {"batch": 2, "seq": min(2 * chunk + 5, model.config()["max_seq_len"] // 2)}
+    inputs = (
+        TensorSpec("tokens", ("batch", "seq"), "int64", high=model.vocab_size),
+        TensorSpec("key_padding_mask", ("batch", "seq"), "bool", sampler=Sampler.PADDING_MASK),
+    )
+    return ModelSpec(
+        ModelKind.ENCODER, inputs, ("logits",), example,
+        sequence_sweep(chunk, example["seq"], model.config()["max_seq_len"]), sequence_dim="seq",
+        chunk_size=chunk, max_length=model.config()["max_seq_len"],
+    )  # fmt: skip
+
+
+def _stack_wrap(model: CompatPerformer) -> nn.Module:
+    return model.eval() if model.causal else KeepMaskCall(model).eval()
+
+
+@register_spec(CompatPerformer, wrap=_stack_wrap)
+def compat_stack_spec(model: CompatPerformer) -> ModelSpec:
+    """``x (batch, seq, dim)`` float32 (and ``key_padding_mask`` when bidirectional) -> ``hidden``."""
+    config = model.config()
+    chunk, dim = config["chunk_size"], config["dim"]
+    inputs = [TensorSpec("x", ("batch", "seq", dim), "float32")]
+    if not model.causal:
+        inputs.append(
+            TensorSpec("key_padding_mask", ("batch", "seq"), "bool", sampler=Sampler.PADDING_MASK)
+        )
+    example = {"batch": 2, "seq": 2 * chunk + 5}
+    return ModelSpec(
+        ModelKind.MODULE, tuple(inputs), ("hidden",), example,
+        sequence_sweep(chunk, example["seq"]), sequence_dim="seq", chunk_size=chunk,
+    )  # fmt: skip
