@@ -1,5 +1,7 @@
 """Generator: streaming decode with a carried state, against PyTorch."""
 
+import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -307,3 +309,18 @@ def test_a_long_prompt_is_prefilled_in_bounded_memory(lm_dir):
     # Fed in one call, 100k tokens took 6x the peak memory of 4k tokens on this model.
     short, long = _peak_rss_kib(lm_dir, 4096), _peak_rss_kib(lm_dir, 100_000)
     assert long <= 1.5 * short, f"peak RSS {long} KiB at 100k tokens, {short} KiB at 4k"
+
+
+def test_a_model_with_a_largest_position_refuses_to_go_past_it(lm_dir, tmp_path):
+    limited = tmp_path / "limited"
+    shutil.copytree(lm_dir, limited)
+    path = limited / "lm.manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["max_sequence_length"] = 12
+    path.write_text(json.dumps(manifest))
+    generator = Generator(Session(limited))
+    assert len(generator.generate([1, 2, 3], 9)) == 9  # 3 + 8 fed: 11 positions
+    with pytest.raises(ValueError, match=r"reach 13 tokens, and this model takes at most 12"):
+        generator.generate([1, 2, 3], 11)
+    # With the window the state is rebuilt before the limit, and generation goes on.
+    assert len(generator.generate([1, 2, 3], 30, window=12)) == 30
