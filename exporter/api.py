@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from favor.runtime.contract import Manifest, ModelKind
-from favor.runtime.manifest import ManifestError, export_files, find_manifest, read_manifest
+from favor.runtime.manifest import (
+    ManifestError,
+    export_files,
+    find_manifest,
+    read_manifest,
+    sha256_file,
+)
 
 from .checkpoint import LoadedModel, class_path, load_model, load_state_dict
 from .errors import ExportError, MissingKernelError, ValidationError
@@ -201,6 +207,11 @@ def export(
     say = progress or _silent
     say("load", str(model) if not isinstance(model, nn.Module) else type(model).__name__)
     if options.import_as is not None:
+        if options.calibration_data is not None:
+            raise ExportError(
+                "--calibration-data compares the import with the original model, which "
+                "--import-as never builds"
+            )
         loaded, source_path = _rebuilt(model, options), Path(model)
     else:
         loaded, source_path = _load(model, options.allow_modules, options.trust_pickle)
@@ -291,6 +302,11 @@ def _imported(
     if calibration is not None:
         importer.calibrate(original, imported, calibration)
     fidelity = importer.fidelity(original, imported, calibration)
+    if calibration is not None:
+        fidelity.calibration = {
+            "sha256": sha256_file(options.calibration_data),
+            "tokens": int(calibration.size),
+        }
     say("fidelity", fidelity.summary())
     if options.heal_steps:
         imported, fidelity = _healed(
@@ -326,6 +342,7 @@ def _healed(
     )  # fmt: skip
     after = importer.fidelity(original, healed, calibration)
     after.heal_steps, after.before_healing = options.heal_steps, before
+    after.calibration = before.calibration
     say("fidelity", f"after healing: {after.summary()}")
     return healed, after
 
@@ -459,6 +476,7 @@ def validate_export(
     allow_modules: Sequence[str] = (),
     trust_pickle: bool = False,
     import_foreign: bool = True,
+    calibration_data: str | Path | None = None,
     progress: Progress | None = None,
 ) -> ValidationReport:
     """Re-run export-time validation of an existing export against ``model``.
@@ -478,6 +496,8 @@ def validate_export(
         allow_modules, trust_pickle: how ``model`` may be loaded, as for :func:`export`.
         import_foreign: convert a foreign model as :func:`export` did (the export holds the
             converted model); False for exports made with ``import_foreign=False``.
+        calibration_data: the file an imported model was calibrated on at export (required
+            then, and checked against the sha256 the manifest records).
         progress: called as ``progress(stage, message)`` at each step.
 
     Returns:
@@ -504,7 +524,22 @@ def validate_export(
     _check_recorded_precision(dtype, manifest.quantization is not None, files, manifest_path.name)
     loaded, _ = _load(model, allow_modules, trust_pickle)
     importer = find_importer(loaded.module) if import_foreign else None
-    module = traced_module(loaded.module if importer is None else importer.convert(loaded.module))
+    module = loaded.module
+    if importer is not None:
+        module = importer.convert(loaded.module)
+        imported = manifest.source.get("imported") or {}
+        if "healed" in imported:
+            raise ExportError(
+                f"{manifest_path.name}'s model was healed (distilled for "
+                f"{imported['healed']['steps']} steps) at export, so no import of the original "
+                "reproduces it"
+            )
+        recorded = imported.get("calibration")
+        if recorded is not None:
+            # The import was tuned on the user's data: the same data gives the same model.
+            ids = _same_calibration(calibration_data, recorded, manifest_path.name, module)
+            importer.calibrate(loaded.module, module, ids)
+    module = traced_module(module)
     spec = spec_from_manifest(manifest)
     model_spec = uncast_spec(spec, dtype)  # what the float32 model takes
     if spec.kind is ModelKind.MODULE:
@@ -515,6 +550,23 @@ def validate_export(
         module, spec, lambda: [r for f in formats for r in f.runners(files, spec)], dtype, atol,
         rtol, say,
     )  # fmt: skip
+
+
+def _same_calibration(
+    path: str | Path | None, recorded: dict, source: str, model: nn.Module
+) -> np.ndarray:
+    """The calibration ids at ``path``, once they are shown to be the ones ``recorded``."""
+    if path is None:
+        raise ExportError(
+            f"{source}'s model was calibrated on data at export (sha256 {recorded['sha256']}): "
+            "pass the same file with --calibration-data"
+        )
+    if sha256_file(Path(path)) != recorded["sha256"]:
+        raise ExportError(
+            f"--calibration-data {path} is not the file {source}'s model was calibrated on "
+            f"(sha256 {recorded['sha256']})"
+        )
+    return read_calibration(Path(path), model)
 
 
 def _check_recorded_precision(

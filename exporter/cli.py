@@ -508,6 +508,13 @@ Exit codes: 0 parity holds, 1 parity fails, 2 bad input, 3 internal error, 130 i
     help="Convert a foreign MODEL (performer-pytorch) as favor-export did; --no-import for "
     "exports made with --no-import.",
 )
+@click.option(
+    "--calibration-data",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="The file an imported model was calibrated on at export (favor-export "
+    "--calibration-data); required for such exports.",
+)
 @_common_options
 def validate_command(
     export_dir,
@@ -515,6 +522,7 @@ def validate_command(
     name,
     junit_xml,
     import_foreign,
+    calibration_data,
     atol,
     rtol,
     allow_modules,
@@ -529,7 +537,8 @@ def validate_command(
     with _errors_to_exit_codes("favor-validate", debug, as_json):
         report = validate_export(
             model, export_dir, name=name, atol=atol, rtol=rtol, allow_modules=allow_modules,
-            trust_pickle=trust_pickle, import_foreign=import_foreign, progress=report_progress,
+            trust_pickle=trust_pickle, import_foreign=import_foreign,
+            calibration_data=calibration_data, progress=report_progress,
         )  # fmt: skip
         if junit_xml is not None:
             with writing(junit_xml):

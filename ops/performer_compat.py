@@ -123,6 +123,12 @@ class CompatAttention(FavorAttention):
         # key maximum; empty until set_key_shift() (then each key's own |w_i|^2/2 is used).
         self.register_buffer("key_shift", torch.zeros(0))
 
+    @property
+    def fixed_key_shift(self) -> bool:
+        """Whether causal softmax keys take a fixed shift (:meth:`set_key_shift`)."""
+        # The buffer's size, read from its shape: a Python int even while tracing.
+        return bool(self.key_shift.shape[0])
+
     def set_key_shift(self, shift: torch.Tensor) -> None:
         """Fix causal softmax's key shift: ``shift (H,)``, one per head, typically performer's
         sequence-wide key maximum ``max over n, i of y_n.w_i`` averaged over real data.
@@ -176,7 +182,7 @@ class CompatAttention(FavorAttention):
             return torch.relu(x_w) + self.relu_eps, torch.relu(y_w) + self.relu_eps
         query_logits = x_w - _half_sq_norm(x) - x_w.amax(dim=-1, keepdim=True).detach()
         key_logits = y_w - _half_sq_norm(y)
-        if self.causal and self.key_shift.numel():
+        if self.causal and self.fixed_key_shift:
             key_logits = key_logits - self.key_shift.to(x.dtype)[:, None, None]
         elif self.causal:
             w_half_sq = _half_sq_norm(w).T  # (1, M)
@@ -636,6 +642,33 @@ class CompatLM(nn.Module):
     def config(self) -> dict:
         """Constructor arguments, JSON-ready: ``type(m)(**m.config())`` rebuilds the model."""
         return dict(self._config)
+
+    def fix_key_shifts(self, tokens: torch.Tensor) -> None:
+        """Give each causal softmax layer the key shift performer's would take on ``tokens
+        (B, N)``: its sequence-wide key maximum ``max over n, i of y_n.w_i``, averaged over the
+        batch (:meth:`CompatAttention.set_key_shift`).
+
+        The keys are this model's own, layer by layer, each layer shifted before the next one
+        runs: performer's weights give the same keys, so no performer model is needed.
+        """
+
+        def measure(layer: CompatAttention, args: tuple) -> None:
+            _, keys = layer._scaled(args[0], args[1])
+            projected = keys @ layer.projection_weights().T.to(keys.dtype)
+            layer.set_key_shift(projected.amax(dim=(-1, -2)).mean(0))
+
+        layers = [
+            m
+            for m in self.modules()
+            if isinstance(m, CompatAttention) and m.causal and m.feature_map == "softmax"
+        ]
+        hooks = [layer.register_forward_pre_hook(measure) for layer in layers]
+        try:
+            with torch.no_grad():
+                self(tokens)
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     @property
     def vocab_size(self) -> int:

@@ -56,6 +56,8 @@ class FidelityReport:
     # After healing (.heal): the steps taken and the report from before them.
     heal_steps: int = 0
     before_healing: FidelityReport | None = None
+    # The calibration data's sha256 and token count, where the import was tuned on it.
+    calibration: dict | None = None
 
     @property
     def misses(self) -> list[str]:
@@ -105,25 +107,29 @@ class FidelityReport:
         def clean(value: float | None) -> float | str | None:
             return value if value is None or math.isfinite(value) else str(value)
 
-        return {
-            "original": self.original,
-            "imported": self.imported,
-            "exact": self.exact,
-            "targets": {"max_rel": EXACT_RTOL} if self.exact else dict(CAUSAL_TARGETS),
-            "misses": self.misses,
-            "measurements": [
-                {key: clean(getattr(m, key)) for key in _FIELDS} | {"inputs": m.inputs}
-                for m in self.measurements
-            ],
-        } | (
-            {}
-            if self.before_healing is None
-            else {
-                "healed": {
-                    "steps": self.heal_steps,
-                    "before": self.before_healing.to_json()["measurements"],
-                }
+        return (
+            {
+                "original": self.original,
+                "imported": self.imported,
+                "exact": self.exact,
+                "targets": {"max_rel": EXACT_RTOL} if self.exact else dict(CAUSAL_TARGETS),
+                "misses": self.misses,
+                "measurements": [
+                    {key: clean(getattr(m, key)) for key in _FIELDS} | {"inputs": m.inputs}
+                    for m in self.measurements
+                ],
             }
+            | ({} if self.calibration is None else {"calibration": self.calibration})
+            | (
+                {}
+                if self.before_healing is None
+                else {
+                    "healed": {
+                        "steps": self.heal_steps,
+                        "before": self.before_healing.to_json()["measurements"],
+                    }
+                }
+            )
         )
 
 

@@ -71,13 +71,17 @@ def _check_layers(stack: nn.Module) -> list[tuple[nn.Module, nn.Module, nn.Modul
             raise _refuse("local_attn_heads", local, "windowed softmax heads keep no fixed state")
         feed_forward = ff.fn  # performer's Chunk wraps the FeedForward
         if not isinstance(feed_forward.act, nn.GELU) or feed_forward.act.approximate != "none":
-            raise _refuse("activation", type(feed_forward.act).__name__, "only GELU is supported")
+            raise _refuse("activation", repr(feed_forward.act), "only exact GELU is supported")
         fast = attention.fast_attention
-        relu = type(fast.kernel_fn) is nn.ReLU
-        if fast.generalized_attention and not fast.no_projection and not relu:
-            raise _refuse("kernel_fn", type(fast.kernel_fn).__name__, "only nn.ReLU")
+        _check_kernel(fast)
         layers.append((wrapper, attention, feed_forward))
     return layers
+
+
+def _check_kernel(fast: nn.Module) -> None:
+    relu = type(fast.kernel_fn) is nn.ReLU
+    if fast.generalized_attention and not fast.no_projection and not relu:
+        raise _refuse("kernel_fn", type(fast.kernel_fn).__name__, "only nn.ReLU")
 
 
 def _stack_kwargs(stack: nn.Module) -> dict:
@@ -107,7 +111,7 @@ def _stack_kwargs(stack: nn.Module) -> dict:
 
 def _lm_kwargs(lm: nn.Module) -> dict:
     """``PerformerLM``'s constructor arguments, read off an instance."""
-    if _is(lm.pos_emb, "AxialPositionalEmbedding"):
+    if type(lm.pos_emb).__name__ == "AxialPositionalEmbedding":  # its own package's class
         raise _refuse("axial_position_emb", True, "use rotary or absolute positions")
     return {
         "num_tokens": lm.token_emb.num_embeddings,
@@ -152,6 +156,7 @@ class AttentionLayer(nn.Module):
 
 
 def _attention_layer(original: nn.Module) -> AttentionLayer:
+    _check_layers_of_attention(original)
     fast = original.fast_attention
     attention = _fast_attention(fast)
     layer = SelfAttention(
@@ -163,6 +168,7 @@ def _attention_layer(original: nn.Module) -> AttentionLayer:
 
 
 def _fast_attention(fast: nn.Module) -> CompatAttention:
+    _check_kernel(fast)
     feature_map = (
         "identity" if fast.no_projection else "relu" if fast.generalized_attention else "softmax"
     )
@@ -170,11 +176,6 @@ def _fast_attention(fast: nn.Module) -> CompatAttention:
         fast.dim_heads, fast.nb_features, causal=bool(fast.causal), feature_map=feature_map
     )
     return _loaded(attention, fast.state_dict(), "favor's CompatAttention")
-
-
-def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent_path) if parent_path else root, name, new)
 
 
 @register_importer
@@ -196,30 +197,30 @@ class PerformerPytorchImporter(Importer):
     def convert(self, module: nn.Module) -> nn.Module:
         if _is(module, "PerformerLM"):
             model = _loaded(CompatLM(**_lm_kwargs(module)), module.state_dict(), "CompatLM")
-            if model.causal:
-                fix_key_shifts(module, model, _probe_tokens(model))
-            return model
+            return _with_key_shifts(model, None)
         if _is(module, "Performer"):
-            kwargs = _stack_kwargs(module)
-            model = CompatPerformer(**kwargs)
+            model = CompatPerformer(**_stack_kwargs(module))
             return _loaded(model, module.state_dict(), "CompatPerformer")
         converted = copy.deepcopy(module)
-        # Outermost first: a replaced Performer or SelfAttention takes its inner layers along.
-        for path, sub in list(converted.named_modules()):
-            if not path or converted.get_submodule(path) is not sub:
-                continue
-            if _is(sub, "PerformerLM") or _is(sub, "Performer"):
-                _replace(converted, path, self.convert(sub))
-            elif _is(sub, "SelfAttention"):
-                _check_layers_of_attention(sub)
-                _replace(converted, path, _attention_layer(sub))
-            elif _is(sub, "FastAttention"):
-                _replace(converted, path, _fast_attention(sub))
+        self._convert_children(converted)
         return converted.eval()
 
+    def _convert_children(self, parent: nn.Module) -> None:
+        """Replace each performer-pytorch child of ``parent`` by its favor equivalent; look
+        inside the others."""
+        for name, child in parent.named_children():
+            if _is(child, "PerformerLM") or _is(child, "Performer"):
+                setattr(parent, name, self.convert(child))
+            elif _is(child, "SelfAttention"):
+                setattr(parent, name, _attention_layer(child))
+            elif _is(child, "FastAttention"):
+                setattr(parent, name, _fast_attention(child))
+            else:
+                self._convert_children(child)
+
     def calibrate(self, original: nn.Module, imported: nn.Module, calibration: np.ndarray) -> None:
-        if isinstance(imported, CompatLM) and imported.causal:
-            fix_key_shifts(original, imported, _calibration_rows(imported, calibration))
+        if isinstance(imported, CompatLM):
+            _with_key_shifts(imported, calibration)
 
     def from_state_dict(
         self, class_path: str, kwargs: Mapping[str, object], state_dict: Mapping[str, torch.Tensor]
@@ -231,7 +232,8 @@ class PerformerPytorchImporter(Importer):
             raise ImportRefusedError(
                 f"cannot build {class_path} from --import-kwargs: {error}"
             ) from None
-        return _loaded(model, state_dict, class_path)
+        model = _loaded(model, state_dict, class_path)
+        return _with_key_shifts(model, None) if isinstance(model, CompatLM) else model
 
     def fidelity(
         self, original: nn.Module, imported: nn.Module, calibration: np.ndarray | None
@@ -240,57 +242,47 @@ class PerformerPytorchImporter(Importer):
             return _lm_fidelity(original, imported, calibration)
         report = FidelityReport(_path(original), _path(imported), exact=True)
         generator = torch.Generator().manual_seed(0)
-        pairs = [
-            (name, sub, imported.get_submodule(name))
-            for name, sub in original.named_modules()
-            if _is(sub, "SelfAttention") or _is(sub, "Performer")
-        ] or [("", original, imported)]
-        for name, before, after in pairs:
-            stack = before if _is(before, "Performer") else None
-            dim = (
-                before.net.layers[0][0].fn.to_q.in_features
-                if stack is not None
-                else before.to_q.in_features
-            )
-            causal = _any_causal(before)
-            report.exact &= not causal
-            x = torch.randn(2, 64, dim, generator=generator)
-            report.measurements.append(
-                measure(
-                    before, after, (x,), f"{name or 'model'}: random x (2, 64, {dim})", logits=False
-                )
-            )
+        for name, before in _outermost(original):
+            after = imported.get_submodule(name) if name else imported
+            report.exact &= not _any_causal(before)
+            label = name or "model"
+            if _is(before, "FastAttention"):
+                shape = (2, 2, 64, before.dim_heads)
+                inputs = tuple(torch.randn(shape, generator=generator) for _ in range(3))
+                label += f": random q, k, v {shape}"
+            else:
+                dim = _attention_layers(before)[0].to_q.in_features
+                inputs = (torch.randn(2, 64, dim, generator=generator),)
+                label += f": random x (2, 64, {dim})"
+            report.measurements.append(measure(before, after, inputs, label, logits=False))
         return report
 
 
-def fix_key_shifts(original: nn.Module, imported: CompatLM, tokens: torch.Tensor) -> None:
-    """Give each causal softmax layer of ``imported`` the key shift performer's same layer
-    takes on ``tokens (B, N)``: its sequence-wide key maximum, averaged over the batch.
+def _outermost(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The performer-pytorch layers of ``module`` that conversion replaces, by path: the
+    outermost ones (a replaced Performer takes its layers along)."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, sub in module.named_modules():
+        inside = any(not path or name.startswith(path + ".") for path, _ in found)
+        kinds = ("Performer", "SelfAttention", "FastAttention")
+        if not inside and any(_is(sub, kind) for kind in kinds):
+            found.append((name, sub))
+    return found
 
-    performer's key features are ``exp(y.w_i - |y|^2/2 - m) + eps`` with ``m`` the maximum of
-    ``y.w`` over the whole sequence; a constant ``m`` reads no future and keeps the ``eps``
-    terms where performer's training put them (:meth:`CompatAttention.set_key_shift`).
-    """
-    layers = [m for m in imported.modules() if isinstance(m, CompatAttention)]
-    originals = [m for m in original.modules() if _is(m, "FastAttention")]
-    if any(layer.feature_map != "softmax" for layer in layers) or len(layers) != len(originals):
-        return
-    maxima: list[torch.Tensor] = []
 
-    def record(fast: nn.Module, args: tuple) -> None:
-        keys = args[1]
-        projected = (keys * keys.shape[-1] ** -0.25) @ fast.projection_matrix.T.to(keys.dtype)
-        maxima.append(projected.amax(dim=(-1, -2)).mean(0))  # (B, H) -> (H,)
+def _attention_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if _is(m, "SelfAttention")]
 
-    hooks = [fast.register_forward_pre_hook(record) for fast in originals]
-    try:
-        with torch.no_grad():
-            original(tokens)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for layer, shift in zip(layers, maxima, strict=True):
-        layer.set_key_shift(shift)
+
+def _with_key_shifts(model: CompatLM, calibration: np.ndarray | None) -> CompatLM:
+    """``model`` with its causal softmax key shifts measured (:meth:`CompatLM.fix_key_shifts`)
+    on the calibration rows, or without data on the model's own probe tokens."""
+    if model.causal:
+        rows = (
+            _probe_tokens(model) if calibration is None else _calibration_rows(model, calibration)
+        )
+        model.fix_key_shifts(rows)
+    return model
 
 
 def _probe_tokens(model: CompatLM) -> torch.Tensor:
@@ -325,9 +317,8 @@ def _lm_fidelity(
     """Logits on random tokens (with a mask when bidirectional), and on the calibration data:
     top-1 agreement and next-token NLL for causal models."""
     report = FidelityReport(_path(original), _path(imported), exact=not imported.causal)
-    vocab, limit = imported.vocab_size, imported.config()["max_seq_len"]
-    length = min(limit, PROBE_LENGTH)
-    tokens = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(0))
+    tokens = _probe_tokens(imported)
+    length = tokens.shape[1]
     report.measurements.append(
         measure(original, imported, (tokens,), f"random tokens (2, {length})", logits=True)
     )
