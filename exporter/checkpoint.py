@@ -336,7 +336,7 @@ def load_model(
                     f"{source} is a damaged TorchScript archive: {str(error).splitlines()[0]}"
                 ) from None
     try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
+        payload = _load_tensors(source)
     except pickle.UnpicklingError:
         if not trust_pickle:
             raise ExportError(
@@ -345,10 +345,6 @@ def load_model(
                 "was not loaded; re-save it with favor.exporter.save_checkpoint, or pass "
                 "--trust-pickle if you trust where it came from"
             ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ExportError(
-            f"{source} cannot be read by torch.load: {str(error).splitlines()[0]}"
-        ) from None
     else:
         return _from_payload(payload, source, tuple(allow_modules))
     try:
@@ -372,15 +368,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     source = Path(path)
     _check_regular_file(source)
     try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
+        payload = _load_tensors(source)
     except pickle.UnpicklingError:
         raise ExportError(
             f"{source} is not a bare state_dict: it holds Python objects beyond tensors; save "
             "model.state_dict() with torch.save"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ExportError(
-            f"{source} cannot be read by torch.load: {str(error).splitlines()[0]}"
         ) from None
     if not isinstance(payload, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()
@@ -390,3 +382,14 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"{type(payload).__name__}"
         )
     return payload
+
+
+def _load_tensors(source: Path) -> object:
+    """``torch.load(weights_only=True)``: runs no code from the file. A pickle of other objects
+    raises ``pickle.UnpicklingError``; a file torch cannot read at all is an ExportError."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ExportError(
+            f"{source} cannot be read by torch.load: {str(error).splitlines()[0]}"
+        ) from None
