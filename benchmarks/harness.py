@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -58,18 +57,27 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def current_rss_kib() -> int:
-    """Resident set size now, in KiB, from /proc (``ru_maxrss`` only knows the peak)."""
+def _status_kib(field: str) -> int:
+    """A ``/proc/self/status`` memory figure, in KiB."""
     with open("/proc/self/status") as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS line in /proc/self/status")
+    raise RuntimeError(f"no {field} line in /proc/self/status")
+
+
+def current_rss_kib() -> int:
+    """Resident set size now, in KiB."""
+    return _status_kib("VmRSS")
 
 
 def peak_rss_kib() -> int:
-    """Peak resident set size since the last reset, in KiB (Linux units of ``ru_maxrss``)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak resident set size since :func:`reset_peak_rss`, in KiB.
+
+    ``VmHWM``, not ``ru_maxrss``: a child process's ``ru_maxrss`` starts from its parent's
+    peak, so a case spawned by a large parent would report the parent's memory.
+    """
+    return _status_kib("VmHWM")
 
 
 def machine_busy_s() -> float:
