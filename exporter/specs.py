@@ -34,7 +34,8 @@ class TensorSpec:
     """One graph input: ``dims`` mixes fixed sizes (int) and symbolic names (str).
 
     ``sampler`` says how validation fills it: random ``data`` (integers from ``[low, high)``),
-    ``zeros`` (an empty recurrent state), or a ``padding-mask`` (True at trailing positions).
+    ``zeros`` (an empty recurrent state), a ``padding-mask`` (True at trailing positions) or a
+    ``keep-mask`` (True at the leading, real positions).
     ``high`` is None while an integer input's range is unknown: it cannot be sampled then.
     """
 
@@ -60,11 +61,12 @@ class TensorSpec:
         shape, dtype = self.shape(sizes), TORCH_DTYPES[self.dtype]
         if self.sampler is Sampler.ZEROS:
             return torch.zeros(shape, dtype=dtype)
-        if self.sampler is Sampler.PADDING_MASK:
+        if self.sampler in (Sampler.PADDING_MASK, Sampler.KEEP_MASK):
             # Each row keeps a random-length prefix (at least one token) and pads the rest.
             length = shape[-1]
             keep = torch.randint(1, length + 1, (*shape[:-1], 1), generator=generator)
-            return (torch.arange(length) >= keep).to(dtype)
+            padding = torch.arange(length) >= keep
+            return (padding if self.sampler is Sampler.PADDING_MASK else ~padding).to(dtype)
         if dtype.is_floating_point:
             return (torch.randn(shape, generator=generator) * 0.5).to(dtype)
         if dtype == torch.bool:

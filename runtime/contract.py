@@ -48,11 +48,13 @@ class ModelKind(_Name):
 
 class Sampler(_Name):
     """How validation fills an input: random ``data`` (integers from its range), ``zeros`` (an
-    empty recurrent state), or a ``padding-mask`` (True at trailing positions)."""
+    empty recurrent state), a ``padding-mask`` (True at trailing positions), or a ``keep-mask``
+    (its negation: True at real tokens, a prefix of at least one)."""
 
     DATA = "data"
     ZEROS = "zeros"
     PADDING_MASK = "padding-mask"
+    KEEP_MASK = "keep-mask"
 
 
 @dataclass(frozen=True)

@@ -346,58 +346,52 @@ def _with_mask(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Tensor
 # --- how the imported models export ---------------------------------------------------------
 
 
-class KeepMaskCall(nn.Module):
-    """A bidirectional :class:`CompatLM` or :class:`CompatPerformer` called with favor's
-    ``key_padding_mask`` (True at padding): performer's ``mask`` (True at real tokens) is its
-    negation."""
+class MaskCall(nn.Module):
+    """A bidirectional :class:`CompatLM` called with its ``mask`` positionally (True at real
+    tokens, performer's own), as export calls modules."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: CompatLM) -> None:
         super().__init__()
         self.model = model
 
-    def forward(
-        self, inputs: torch.Tensor, key_padding_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.model(inputs, mask=None if key_padding_mask is None else ~key_padding_mask)
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens, mask=mask)
 
 
 def _lm_wrap(model: CompatLM) -> nn.Module:
-    return LMStep(model).eval() if model.causal else KeepMaskCall(model).eval()
+    return LMStep(model).eval() if model.causal else MaskCall(model).eval()
+
+
+def _mask() -> TensorSpec:
+    return TensorSpec("mask", ("batch", "seq"), "bool", sampler=Sampler.KEEP_MASK)
 
 
 @register_spec(CompatLM, wrap=_lm_wrap)
 def compat_lm_spec(model: CompatLM) -> ModelSpec:
-    """A causal model exports as favor's stateful causal LM; a bidirectional one as an encoder
-    whose ``key_padding_mask`` is the negation of performer's ``mask``."""
+    """A causal model exports as favor's stateful causal LM; a bidirectional one as a module of
+    performer's own inputs, ``tokens`` and ``mask`` (True at real tokens)."""
+    config = model.config()
     if model.causal:
-        return lm_spec(model, model.config()["max_seq_len"])
-    chunk = model.config()["chunk_size"]
-    example = {"batch": 2, "seq": min(2 * chunk + 5, model.config()["max_seq_len"] // 2)}
-    inputs = (
-        TensorSpec("tokens", ("batch", "seq"), "int64", high=model.vocab_size),
-        TensorSpec("key_padding_mask", ("batch", "seq"), "bool", sampler=Sampler.PADDING_MASK),
-    )
+        return lm_spec(model, config["max_seq_len"])
+    chunk, limit = config["chunk_size"], config["max_seq_len"]
+    example = {"batch": 2, "seq": min(2 * chunk + 5, limit // 2)}
+    inputs = (TensorSpec("tokens", ("batch", "seq"), "int64", high=model.vocab_size), _mask())
     return ModelSpec(
-        ModelKind.ENCODER, inputs, ("logits",), example,
-        sequence_sweep(chunk, example["seq"], model.config()["max_seq_len"]), sequence_dim="seq",
-        chunk_size=chunk, max_length=model.config()["max_seq_len"],
+        ModelKind.MODULE, inputs, ("logits",), example,
+        sequence_sweep(chunk, example["seq"], limit), sequence_dim="seq", chunk_size=chunk,
+        max_length=limit,
     )  # fmt: skip
 
 
-def _stack_wrap(model: CompatPerformer) -> nn.Module:
-    return model.eval() if model.causal else KeepMaskCall(model).eval()
-
-
-@register_spec(CompatPerformer, wrap=_stack_wrap)
+@register_spec(CompatPerformer, wrap=lambda model: model.eval())
 def compat_stack_spec(model: CompatPerformer) -> ModelSpec:
-    """``x (batch, seq, dim)`` float32 (and ``key_padding_mask`` when bidirectional) -> ``hidden``."""
+    """``x (batch, seq, dim)`` float32, and performer's ``mask`` when bidirectional ->
+    ``hidden``."""
     config = model.config()
     chunk, dim = config["chunk_size"], config["dim"]
     inputs = [TensorSpec("x", ("batch", "seq", dim), "float32")]
     if not model.causal:
-        inputs.append(
-            TensorSpec("key_padding_mask", ("batch", "seq"), "bool", sampler=Sampler.PADDING_MASK)
-        )
+        inputs.append(_mask())
     example = {"batch": 2, "seq": 2 * chunk + 5}
     return ModelSpec(
         ModelKind.MODULE, tuple(inputs), ("hidden",), example,

@@ -139,3 +139,12 @@ def test_an_integer_range_the_model_does_not_tell_must_be_declared(build, declar
         exportable(model, [declaration])
     _, spec = exportable(model, [declaration + ":0..50"])
     assert (spec.inputs[0].low, spec.inputs[0].high) == (0, 50)
+
+
+def test_a_keep_mask_is_true_at_a_leading_prefix_of_at_least_one_token():
+    spec = TensorSpec("mask", ("batch", "seq"), "bool", sampler="keep-mask")
+    mask = spec.sample({"batch": 64, "seq": 9}, torch.Generator().manual_seed(0))
+    assert mask.dtype == torch.bool and mask[:, 0].all()
+    # True up to some position, False after it: never True again after a False.
+    assert (mask[:, 1:] <= mask[:, :-1]).all()
+    assert not mask.all(), "some rows must be masked"

@@ -171,7 +171,7 @@ def test_a_module_has_no_roles_to_be_ambiguous():
 UNKNOWN = {
     "kind": (lambda m: m.update(kind="gan"), r"kind must be one of causal-lm, encoder, module, got 'gan'"),
     "sampler": (lambda m: m["inputs"][0].update(sampler="noise"),
-                r"inputs\[0\]\.sampler must be one of data, zeros, padding-mask, got 'noise'"),
+                r"inputs\[0\]\.sampler must be one of data, zeros, padding-mask, keep-mask, got 'noise'"),
     "input-dtype": (lambda m: m["inputs"][1].update(dtype="complex64"),
                     r"inputs\[1\]\.dtype must be one of float32, .*, bool, got 'complex64'"),
     "state-dtype": (lambda m: m["state"][0].update(dtype="uint4"),
@@ -190,5 +190,5 @@ def test_an_unknown_kind_sampler_or_dtype_is_named(edit, message):
 
 def test_kinds_and_samplers_are_the_manifest_strings():
     assert [str(k) for k in ModelKind] == ["causal-lm", "encoder", "module"]
-    assert [f"{s}" for s in Sampler] == ["data", "zeros", "padding-mask"]
+    assert [f"{s}" for s in Sampler] == ["data", "zeros", "padding-mask", "keep-mask"]
     assert json.dumps([ModelKind.ENCODER, Sampler.ZEROS]) == '["encoder", "zeros"]'

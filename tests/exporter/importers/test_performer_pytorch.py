@@ -163,20 +163,19 @@ def encoder_export(tmp_path_factory):
     return original, export(original, out, name="encoder", exporter="torchscript")
 
 
-def test_a_bidirectional_performer_lm_exports_as_an_exact_encoder(encoder_export):
+def test_a_bidirectional_performer_lm_exports_exactly_with_its_own_inputs(encoder_export):
     _, result = encoder_export
     assert result.report.passed
-    assert result.manifest.kind.value == "encoder"
-    assert [t.name for t in result.manifest.inputs] == ["tokens", "key_padding_mask"]
+    assert result.manifest.kind.value == "module"
+    assert [t.name for t in result.manifest.inputs] == ["tokens", "mask"]
+    assert result.manifest.input("mask").sampler.value == "keep-mask"
     assert result.fidelity.exact and result.fidelity.misses == []
 
 
-def test_the_encoders_key_padding_mask_is_performers_mask_negated(encoder_export):
+def test_the_exported_mask_is_performers_mask(encoder_export):
     original, result = encoder_export
     tokens, real = _tokens(3, 50), _real_tokens(3, 50)
-    logits = Session(result.output_dir).run(
-        tokens=tokens.numpy(), key_padding_mask=(~real).numpy()
-    )["logits"]
+    logits = Session(result.output_dir).run(tokens=tokens.numpy(), mask=real.numpy())["logits"]
     with torch.no_grad():
         masked, unmasked = original(tokens, mask=real), original(tokens)
     assert _rel_error(logits, masked) <= 1e-5
