@@ -66,14 +66,10 @@ def _check_layers(stack: nn.Module) -> list[tuple[nn.Module, nn.Module, nn.Modul
             raise _refuse("shift_tokens", True, "token shifting mixes neighbours in")
         if _is(attention, "CrossAttention"):
             raise _refuse("cross_attend", True, "cross-attention needs a context")
-        if attention.local_attn is not None:
-            local = attention.heads - attention.global_heads
-            raise _refuse("local_attn_heads", local, "windowed softmax heads keep no fixed state")
+        _check_attention(attention)
         feed_forward = ff.fn  # performer's Chunk wraps the FeedForward
         if not isinstance(feed_forward.act, nn.GELU) or feed_forward.act.approximate != "none":
             raise _refuse("activation", repr(feed_forward.act), "only exact GELU is supported")
-        fast = attention.fast_attention
-        _check_kernel(fast)
         layers.append((wrapper, attention, feed_forward))
     return layers
 
@@ -156,7 +152,7 @@ class AttentionLayer(nn.Module):
 
 
 def _attention_layer(original: nn.Module) -> AttentionLayer:
-    _check_layers_of_attention(original)
+    _check_attention(original)
     fast = original.fast_attention
     attention = _fast_attention(fast)
     layer = SelfAttention(
@@ -297,10 +293,12 @@ def _calibration_rows(model: CompatLM, ids: np.ndarray) -> torch.Tensor:
     return token_rows(ids, length, CALIBRATION_ROWS)
 
 
-def _check_layers_of_attention(attention: nn.Module) -> None:
+def _check_attention(attention: nn.Module) -> None:
+    """Refuse a SelfAttention layer favor does not reproduce: local heads, or its kernel."""
     if attention.local_attn is not None:
         local = attention.heads - attention.global_heads
         raise _refuse("local_attn_heads", local, "windowed softmax heads keep no fixed state")
+    _check_kernel(attention.fast_attention)
 
 
 def _any_causal(module: nn.Module) -> bool:
