@@ -8,6 +8,7 @@ published at once (:mod:`.files`).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ from .precision import (
     upcast,
 )
 from .specs import ModelSpec, embedding_ranges, with_value_ranges
+from .text import TextFile, check_text, find_text
 from .validation import Runner, ValidationReport, validate
 from .validation.runners import Expected
 
@@ -128,6 +130,7 @@ def export(
     import_kwargs: Mapping[str, object] | None = None,
     calibration_data: str | Path | None = None,
     heal_steps: int = 0,
+    text: str | Path | bool | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``model`` to every format in ``formats``, validate the files, write a manifest.
@@ -184,11 +187,16 @@ def export(
         heal_steps: distill an imported causal LM from the original on ``calibration_data``
             for this many steps (:mod:`.importers.heal`) before exporting it; the fidelity
             report then holds both, before and after.
+        text: how apps turn text into the model's token ids, carried in the export
+            (:mod:`.text`): a character vocabulary (a JSON list of characters, token id =
+            index) or a Hugging Face ``tokenizer.json``. None looks beside the model file for
+            ``NAME.tokenizer.json``, ``NAME.vocab.json``, ``tokenizer.json`` or ``vocab.json``
+            and takes the first that fits the model's vocabulary; False carries none.
         progress: called as ``progress(stage, message)`` at each step.
 
     Returns:
         :class:`ExportResult`: the published files by role (``onnx``, ``onnx_data``,
-        ``torchscript``), the manifest and its path, the validation report (None without
+        ``torchscript``, ``text``), the manifest and its path, the validation report (None without
         validation), and warnings (e.g. uncalibrated causal layers).
 
     Raises:
@@ -202,7 +210,7 @@ def export(
         fused_attention=fused_attention, quantize=quantize, int8_scheme=int8_scheme,
         import_foreign=import_foreign, import_as=import_as, import_kwargs=import_kwargs,
         calibration_data=None if calibration_data is None else Path(calibration_data),
-        heal_steps=heal_steps,
+        heal_steps=heal_steps, text=text,
     )  # fmt: skip
     say = progress or _silent
     say("load", str(model) if not isinstance(model, nn.Module) else type(model).__name__)
@@ -218,8 +226,10 @@ def export(
     loaded, fidelity = _imported(loaded, options, say)
     chosen_exporter = options.exporter_for(loaded.source)
     formats_ = [get_format(f).from_options(options, chosen_exporter) for f in options.formats]
-    out, name = _destination(options, loaded, source_path, output_dir, formats_)
+    candidates = find_text(options.text, source_path)
+    out, name = _destination(options, loaded, source_path, output_dir, formats_, candidates)
     prepared = _prepare(loaded, fidelity, options, say)
+    text_file = _chosen_text(candidates, prepared.spec, say)
     with output_directory(out) as out, staging_dir(out) as stage:
         job = ExportJob(prepared.module, prepared.spec, prepared.output_dims, name, stage, out, say)
         built = [f.build(job) for f in formats_]
@@ -231,7 +241,10 @@ def export(
                 options.rtol, say,
             )  # fmt: skip
         files = {role: path for b in built for role, path in b.files.items()}
-        manifest = _manifest(name, prepared, options, built, files, report)
+        if text_file is not None:
+            files["text"] = stage / text_file.file_name(name)
+            shutil.copyfile(text_file.path, files["text"])
+        manifest = _manifest(name, prepared, options, built, files, report, text_file)
         manifest_name = f"{name}.manifest.json"
         with writing(out / manifest_name):
             (stage / manifest_name).write_bytes(dumps(manifest))
@@ -353,6 +366,7 @@ def _destination(
     source_path: Path | None,
     output_dir: str | Path | None,
     formats: list[Format],
+    texts: list[TextFile],
 ) -> tuple[Path, str]:
     """The output directory and base name, after checking that nothing is in the way."""
     if output_dir is None:
@@ -365,6 +379,7 @@ def _destination(
     if not name or "/" in name or name.startswith("."):
         raise ExportError(f"name {name!r} cannot be used as a file name")
     names = [n for f in formats for n in f.file_names(name).values()]
+    names += sorted({text.file_name(name) for text in texts})
     check_targets([Path(output_dir) / n for n in [*names, f"{name}.manifest.json"]], source_path)
     return Path(output_dir), name
 
@@ -396,6 +411,22 @@ def _prepare(
         say("warning", note)
     dims, dtypes = describe_outputs(module, spec)
     return _Prepared(loaded, fidelity, reference, module, spec, dims, dtypes, notes)
+
+
+def _chosen_text(texts: list[TextFile], spec: ModelSpec, say: Progress) -> TextFile | None:
+    """The first of ``texts`` that fits the model. Files found beside the model that do not
+    fit are left out with a message; a given one is an ExportError."""
+    for text in texts:
+        try:
+            read = check_text(text, spec)
+        except ExportError as error:
+            if not text.found:
+                raise
+            say("text", f"left out: {error}")
+            continue
+        say("text", f"{text.path} ({text.kind}, {read.size} tokens)")
+        return text
+    return None
 
 
 def _expected(reference: nn.Module, dtype: str) -> Expected:
@@ -452,6 +483,7 @@ def _manifest(
     built: list[Built],
     files: dict[str, Path],
     report: ValidationReport | None,
+    text: TextFile | None,
 ) -> Manifest:
     loaded = prepared.loaded
     entries = {key: value for b in built for key, value in b.manifest.items()}
@@ -462,7 +494,7 @@ def _manifest(
         name=name, spec=prepared.spec, output_dims=prepared.output_dims,
         output_dtypes=prepared.output_dtypes, model=loaded.module,
         source=source, files=files, validation=None if report is None else report.to_json(),
-        dtype=options.dtype, format_entries=entries,
+        dtype=options.dtype, format_entries=entries, text_kind=text and text.kind,
     )  # fmt: skip
 
 

@@ -222,6 +222,14 @@ QUANTIZE_HELP = (
     f"where PyTorch's top logit leads by > {INT8_BUDGET.top1_margin:g}; the float graph it "
     "came from is validated at the usual tolerances but not written. Needs --dtype fp32."
 )
+
+
+def _text_option(text: Path | None, no_text: bool) -> Path | bool | None:
+    if text is not None and no_text:
+        raise ExportError("--text and --no-text contradict each other")
+    return False if no_text else text
+
+
 EXPORT_HELP = """Export MODEL to ONNX, TorchScript and a manifest, validated against PyTorch.
 
 MODEL is a favor checkpoint (favor.exporter.save_checkpoint), a TorchScript archive, or, with
@@ -240,6 +248,9 @@ Examples:
   favor-export model.pt --input tokens:batch,seq:int64:0..32000 --allow-module mylab
       an integer input gives the range validation draws ids from, unless an
       nn.Embedding reads it (its size is the range)
+  favor-export lm.pt --text tokenizer.json
+      carry the tokenizer, so apps encode and decode text (favor-run generate --prompt);
+      a vocab.json or tokenizer.json beside lm.pt is taken without asking
   favor-export lm.pt --dtype fp16
       half-precision weights; attention internals and the LM state stay float32
   favor-export lm.pt --quantize int8
@@ -386,6 +397,18 @@ object on failure too, with the error and the exit code.
     help="Distill an imported causal LM from the original on --calibration-data for this many "
     "steps (CPU) before exporting; the fidelity report shows before and after.",
 )
+@click.option(
+    "--text",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="How apps turn text into token ids, carried in the export: a character vocabulary (a "
+    "JSON list of characters, token id = index) or a Hugging Face tokenizer.json.  [default: "
+    "MODEL's NAME.tokenizer.json, NAME.vocab.json, tokenizer.json or vocab.json beside it, "
+    "the first that fits]",
+)
+@click.option(
+    "--no-text", is_flag=True, help="Carry no text handling, even one found beside MODEL."
+)
 @_common_options
 def export_command(
     model,
@@ -406,6 +429,8 @@ def export_command(
     import_kwargs,
     calibration_data,
     heal_steps,
+    text,
+    no_text,
     atol,
     rtol,
     allow_modules,
@@ -434,6 +459,7 @@ def export_command(
             import_kwargs=kwargs,
             calibration_data=calibration_data,
             heal_steps=heal_steps,
+            text=_text_option(text, no_text),
             progress=report,
         )  # fmt: skip
         if result.fidelity is not None and not quiet and not as_json:

@@ -96,6 +96,7 @@ def build_manifest(
     validation: dict | None,
     dtype: str = "float32",
     format_entries: dict | None = None,
+    text_kind: str | None = None,
 ) -> Manifest:
     """The manifest of an export; ``files`` maps role (``onnx``...) to written paths.
 
@@ -105,6 +106,7 @@ def build_manifest(
     ``fused_attention`` (causal attention as ONNX Runtime's ``LinearAttention`` op) and
     ``quantization`` (an int8 graph's scheme and what was quantized); the TorchScript
     archive's ``torchscript`` (how it is called). Each is null (false) without its format.
+    ``text_kind`` is the kind of ``files["text"]`` (:data:`favor.runtime.text.TEXT_KINDS`).
     """
     entries = dict(format_entries or {})
     inputs = {t.name: t for t in spec.inputs}
@@ -132,6 +134,7 @@ def build_manifest(
         sequence_dim=spec.sequence_dim,
         chunk_size=spec.chunk_size,
         max_sequence_length=spec.max_length,
+        text=None if text_kind is None else {"kind": text_kind},
         attention=tuple(attention_layers(model)),
         example_sizes=dict(spec.example_sizes),
         sweep=tuple(dict(case) for case in spec.sweep),

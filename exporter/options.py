@@ -59,6 +59,7 @@ class ExportOptions:
     import_kwargs: Mapping[str, object] | None = None
     calibration_data: Path | None = None
     heal_steps: int = 0
+    text: str | Path | bool | None = None
 
     def __post_init__(self) -> None:
         # Frozen: the normalized values are set once, here.
@@ -73,6 +74,10 @@ class ExportOptions:
             raise ExportError(
                 f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}"
             )
+        if not (self.text is None or isinstance(self.text, (bool, str, Path))):
+            raise ExportError(f"text must be a path, False or None, got {type(self.text).__name__}")
+        if isinstance(self.text, (str, Path)) and not Path(self.text).is_file():
+            raise ExportError(f"--text {self.text}: no such file")
         check_tolerance("atol", self.atol)
         check_tolerance("rtol", self.rtol)
         if self.inputs:

@@ -26,12 +26,14 @@ from .dtypes import numpy_dtype
 from .generate import DEFAULT_PREFILL_CHUNK, Generator
 from .sampling import check_sampling
 from .session import Session, layout
+from .text import Characters, Text, TextStream
 
 EPILOG = """examples:
   favor-run run dist/ --inputs batch.npz --output out.npz
       run on inputs from an .npz (or --input NAME=file.npy); missing state inputs start at zero
-  favor-run generate dist/ --vocab samples/char_lm/vocab.json --prompt "The " -n 200
-      stream text from a character-level LM export
+  favor-run generate dist/ --prompt "The " -n 200
+      stream text from a causal LM export that carries its vocabulary (favor-export --text);
+      --vocab FILE.json gives a character vocabulary to one that does not
   favor-run bench dist/ --seq 1,64,1024 --context 16,4096
       time calls at given lengths, and decode steps after given context lengths
 
@@ -317,56 +319,71 @@ def command_bench(args: argparse.Namespace) -> None:
     print(_table(("what", "batch", "median ms", "max ms", "tokens/s"), table))
 
 
-def _read_vocab(path: Path) -> list[str]:
-    """The ``--vocab`` JSON list of strings (token id = index)."""
+def _generation_text(args: argparse.Namespace, session: Session) -> Text:
+    """``--vocab`` as a character vocabulary, or else the text handling the export carries."""
+    if args.vocab is None:
+        if session.text is None:
+            raise ValueError(
+                f"{session.manifest_path.name} carries no vocabulary: give --vocab FILE (a JSON "
+                "list of characters), or export with favor-export --text FILE"
+            )
+        return session.text
     try:
-        vocab = json.loads(path.read_bytes())
+        content = json.loads(args.vocab.read_bytes())
     except (OSError, ValueError, RecursionError) as error:
-        raise ValueError(f"cannot read --vocab {path}: {error}") from None
-    if not isinstance(vocab, list) or not vocab or not all(isinstance(v, str) for v in vocab):
-        raise ValueError(f"--vocab {path} must be a JSON list of strings (token id = index)")
-    return vocab
+        raise ValueError(f"cannot read --vocab {args.vocab}: {error}") from None
+    try:
+        return Characters(content)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"--vocab {args.vocab} must be a JSON list of single characters (token id = index)"
+        ) from None
 
 
 def command_generate(args: argparse.Namespace) -> None:
-    vocab = _read_vocab(args.vocab)
     check_sampling(args.temperature, args.top_k, args.top_p)
     if not args.prompt:
         raise ValueError("--prompt must not be empty: the model needs a token to start from")
-    index = {ch: i for i, ch in enumerate(vocab)}
-    unknown = sorted({ch for ch in args.prompt if ch not in index})
-    if unknown:
-        raise ValueError(f"--prompt has characters outside the vocabulary: {''.join(unknown)!r}")
     session = _open(args)
+    text = _generation_text(args, session)
     generator = Generator(session, prefill_chunk=args.prefill_chunk)
-    if len(vocab) != generator.vocab_size:
+    if not text.fits(generator.vocab_size):
         raise ValueError(
-            f"--vocab has {len(vocab)} entries but the model's vocabulary has {generator.vocab_size}"
+            f"the vocabulary has {text.size} tokens but the model's has {generator.vocab_size}"
         )
+    try:
+        prompt = text.encode(args.prompt)
+    except ValueError as error:
+        raise ValueError(f"--prompt: {error}") from None
+    if not prompt:
+        raise ValueError(f"--prompt {args.prompt!r} encodes to no tokens")
+    stream = TextStream(text, prompt)
     echo = not args.as_json
     if echo:
         sys.stdout.write(args.prompt)
-    start, pieces = time.perf_counter(), []
+    start, pieces, count = time.perf_counter(), [], 0
     for token in generator.stream(
-        [index[ch] for ch in args.prompt], args.max_new_tokens, temperature=args.temperature,
+        prompt, args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     ):  # fmt: skip
-        pieces.append(vocab[token])
+        pieces.append(stream.push(token))
+        count += 1
         if echo:
-            sys.stdout.write(vocab[token])
+            sys.stdout.write(pieces[-1])
             sys.stdout.flush()
+    pieces.append(stream.flush())
     elapsed = time.perf_counter() - start
     if not echo:
         _print_json(
-            {"ok": True, "text": args.prompt + "".join(pieces), "new_tokens": len(pieces),
+            {"ok": True, "text": args.prompt + "".join(pieces), "new_tokens": count,
              "seconds": elapsed}
         )  # fmt: skip
         return
-    sys.stdout.write("\n")
+    sys.stdout.write(pieces[-1] + "\n")
     if not args.quiet:
         print(
-            f"favor-run: {len(pieces)} tokens in {elapsed:.2f}s "
-            f"({len(pieces) / max(elapsed, 1e-9):.0f} tokens/s)",
+            f"favor-run: {count} tokens in {elapsed:.2f}s "
+            f"({count / max(elapsed, 1e-9):.0f} tokens/s)",
             file=sys.stderr,
         )
 
@@ -408,11 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     bench.set_defaults(func=command_bench)
 
-    generate = sub.add_parser("generate", help="stream text from a character-level LM export")
+    generate = sub.add_parser("generate", help="stream text from a causal LM export")
     _session_args(generate)
     generate.add_argument(
-        "--vocab", required=True, type=Path, help="JSON list of characters (token id = index)"
-    )
+        "--vocab", type=Path,
+        help="JSON list of characters (token id = index) [the vocabulary the export carries]",
+    )  # fmt: skip
     generate.add_argument("--prompt", default="The ", help='text to start from ["The "]')
     generate.add_argument(
         "-n", "--max-new-tokens", type=_int_at_least(0), default=200,

@@ -57,6 +57,11 @@ class Sampler(_Name):
     KEEP_MASK = "keep-mask"
 
 
+# Kinds whose integer inputs with a manifest range are token ids, the range their vocabulary.
+# (A "module" export's range is only what validation drew values from.)
+VOCABULARY_KINDS = (ModelKind.CAUSAL_LM, ModelKind.ENCODER)
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     """A graph input or output: str dims are symbolic, as in ``("batch", "seq", 30)``.
@@ -140,6 +145,9 @@ class Manifest:
     chunk_size: int | None
     # The longest sequence the model takes (its largest position + 1); None where unbounded.
     max_sequence_length: int | None
+    # How to turn text into token ids and back: {"kind": ...} with the file as files["text"]
+    # (favor.runtime.text); None where the export carries no vocabulary.
+    text: dict | None
     attention: tuple[dict, ...]
     example_sizes: dict[str, int]
     sweep: tuple[dict[str, int], ...]
@@ -185,6 +193,8 @@ class Manifest:
             _ = manifest.tokens, manifest.logits  # each raises if its role is ambiguous
         except ManifestError as error:
             raise ManifestError(f"invalid manifest {source}: {error}") from None
+        if manifest.text is not None and "text" not in manifest.files:
+            raise ManifestError(f"invalid manifest {source}: it has text but no files.text")
         return manifest
 
     def to_json(self) -> dict:
@@ -436,6 +446,10 @@ def _list_of(valid: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda value: isinstance(value, list) and all(valid(item) for item in value)
 
 
+def _is_text(value: object) -> bool:
+    return _is_object(value) and set(value) == {"kind"} and _is_name(value["kind"])
+
+
 def _is_range(value: object) -> bool:
     return (
         isinstance(value, list)
@@ -459,6 +473,7 @@ _ENTRIES: dict[str, tuple[Callable[[object], bool], str, object]] = {
     "torchscript": (_or_null(_is_object), "an object or null", None),
     "chunk_size": (_or_null(_is_positive), "a positive integer or null", None),
     "max_sequence_length": (_or_null(_is_positive), "a positive integer or null", None),
+    "text": (_or_null(_is_text), 'null or an object {"kind": a non-empty string}', None),
     "attention": (_list_of(_is_object), "a list of objects", _MISSING),
     "example_sizes": (_is_sizes, "an object of positive integers", {}),
     "sweep": (_list_of(_is_sizes), "a list of objects of positive integers", []),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .contract import Manifest, ManifestError, ModelKind, TensorEntry
+from .contract import VOCABULARY_KINDS, Manifest, ManifestError, ModelKind, TensorEntry
 from .dtypes import DTYPES, numpy_dtype
 from .manifest import export_files, find_manifest, load_manifest
+from .text import Text, read_text
 
 log = logging.getLogger("favor.runtime")
 
@@ -26,9 +28,6 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-# Kinds whose integer inputs with a manifest range are token ids, the range their vocabulary.
-# (A "module" export's range is only what validation drew values from.)
-VOCABULARY_KINDS = (ModelKind.CAUSAL_LM, ModelKind.ENCODER)
 
 
 def resolve_providers(providers: str | Sequence[str]) -> list[str]:
@@ -89,7 +88,8 @@ class Session:
 
     Attributes: ``manifest`` (the typed :class:`~favor.runtime.contract.Manifest`),
     ``inputs``/``outputs`` (its tensor entries), ``state`` (``(input, output)`` name pairs),
-    ``kind``, ``providers``, ``device`` (``"cpu"`` or ``"cuda"``). :meth:`run` may be called
+    ``kind``, ``providers``, ``device`` (``"cpu"`` or ``"cuda"``), ``text`` (encode and decode
+    text, where the export carries its vocabulary). :meth:`run` may be called
     from several threads at once.
     """
 
@@ -152,6 +152,18 @@ class Session:
     @property
     def kind(self) -> ModelKind:
         return self.manifest.kind
+
+    @functools.cached_property
+    def text(self) -> Text | None:
+        """The export's text handling (:mod:`.text`), read on first use; None if it has none.
+
+        Raises ManifestError when the file cannot be read (for a ``tokenizer.json``: without
+        the ``tokenizers`` package).
+        """
+        if self.manifest.text is None:
+            return None
+        path = export_files(self.manifest_path, self.manifest)["text"]
+        return read_text(self.manifest.text["kind"], path)
 
     def _check_graph_matches_manifest(self) -> None:
         graph = {i.name: i.type for i in self._session.get_inputs()}

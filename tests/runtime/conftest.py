@@ -1,8 +1,10 @@
 """Exports the runtime tests load: a tiny causal LM, a tiny encoder and a plain module (built
-once per run), and a copy of the LM export whose manifest lists its tensors in another order."""
+once per run), the shipped sample LM, and a copy of the LM export whose manifest lists its
+tensors in another order."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,53 @@ from favor.exporter import export
 from favor.ops.models import PerformerEncoder, PerformerLM
 
 VOCAB = 30
+SAMPLE_LM = Path(__file__).resolve().parents[2] / "samples" / "char_lm" / "char_lm.pt"
+CORPUS = SAMPLE_LM.with_name("corpus.txt")
+# A byte-level BPE (one character may take several ids) that fits BPE_LM's embedding.
+BPE_VOCAB, BPE_LM_VOCAB = 290, 300
+
+
+def train_tokenizer(kind: str, vocab_size: int):
+    """A Hugging Face tokenizer trained on the sample corpus: ``bytes`` (byte-level BPE, as
+    GPT-2's) or ``metaspace`` (BPE over words marked with a leading ▁, as SentencePiece's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if kind == "bytes":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        alphabet, special = pre_tokenizers.ByteLevel.alphabet(), []
+    else:
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        alphabet, special = [], ["<unk>"]
+    # The alphabet is limited so that small vocabularies stay at the size asked for.
+    limit = {"limit_alphabet": vocab_size // 2} if not alphabet else {}
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=alphabet, special_tokens=special,
+        show_progress=False, **limit,
+    )  # fmt: skip
+    tokenizer.train_from_iterator([CORPUS.read_text()], trainer)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory):
+    """A byte-level BPE ``tokenizer.json`` of :data:`BPE_VOCAB` tokens."""
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    train_tokenizer("bytes", BPE_VOCAB).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bpe_lm_dir(tokenizer_file, tmp_path_factory):
+    """A tiny causal LM over :data:`BPE_LM_VOCAB` ids, exported with ``tokenizer_file``."""
+    torch.manual_seed(3)
+    lm = PerformerLM(BPE_LM_VOCAB, 32, 1, 2, nb_features=16, chunk_size=8).eval()
+    out = tmp_path_factory.mktemp("runtime-bpe-lm")
+    export(lm, out, name="bpe", formats="onnx", exporter="torchscript", text=tokenizer_file)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +73,14 @@ def tiny_lm():
 def lm_dir(tiny_lm, tmp_path_factory):
     out = tmp_path_factory.mktemp("runtime-lm")
     export(tiny_lm, out, name="lm", exporter="torchscript", formats="onnx")
+    return out
+
+
+@pytest.fixture(scope="session")
+def char_lm_dir(tmp_path_factory):
+    """The shipped sample LM as the README's main command exports it (ONNX only, to save time)."""
+    out = tmp_path_factory.mktemp("runtime-char-lm")
+    export(SAMPLE_LM, out, formats="onnx")
     return out
 
 

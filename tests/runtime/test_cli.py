@@ -128,11 +128,11 @@ BAD_COMMANDS = {
     ),
     "vocab-a-number": (
         ["generate", "{dir}", "--vocab", "{files}/number.json"],
-        "--vocab .*number.json must be a JSON list of strings",
+        "--vocab .*number.json must be a JSON list of single characters",
     ),
     "vocab-of-ints": (
         ["generate", "{dir}", "--vocab", "{files}/ints.json"],
-        "must be a JSON list of strings",
+        "must be a JSON list of single characters",
     ),
     "output-in-missing-dir": ([*RUN, "--output", "{files}/no/out.npz"], "cannot write --output"),
     "output-under-a-file": ([*RUN, "--output", "{files}/tokens.npy/o"], "cannot write --output"),

@@ -44,8 +44,8 @@ FIRST_VERSION = {
 CURRENT_KEYS = [
     "format", "format_version", "name", "kind", "versions", "opset", "exporter", "fused_attention",
     "dtype", "quantization", "source", "inputs", "outputs", "state", "torchscript",
-    "sequence_dim", "chunk_size", "max_sequence_length", "attention", "example_sizes", "sweep",
-    "validation", "files",
+    "sequence_dim", "chunk_size", "max_sequence_length", "text", "attention", "example_sizes",
+    "sweep", "validation", "files",
 ]  # fmt: skip
 
 

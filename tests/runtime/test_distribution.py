@@ -59,3 +59,24 @@ def test_the_runtime_alone_cannot_reach_torch(runtime_only):
     done = _run(runtime_only / "bin" / "python", "-c", probe)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def test_the_runtime_alone_streams_text_from_an_export_that_carries_its_vocabulary(
+    runtime_only, char_lm_dir
+):
+    done = _run(
+        runtime_only / "bin" / "favor-run", "generate", char_lm_dir, "--prompt", "The ", "-n",
+        "30", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    characters = json.loads((ROOT / "samples" / "char_lm" / "vocab.json").read_text())
+    prompt = [characters.index(c) for c in "The "]
+    expected = Generator(Session(char_lm_dir)).generate(prompt, 30)
+    assert json.loads(done.stdout)["text"] == "The " + "".join(characters[i] for i in expected)
+
+
+def test_a_tokenizer_export_without_the_text_extra_names_the_extra(runtime_only, bpe_lm_dir):
+    done = _run(runtime_only / "bin" / "favor-run", "generate", bpe_lm_dir, "--prompt", "The ")
+    assert done.returncode == 2
+    assert "pip install 'favor-runtime[text]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
