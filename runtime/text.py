@@ -76,7 +76,11 @@ class Characters(Text):
     file_suffix = ".vocab.json"
 
     def __init__(self, characters: Sequence[str]) -> None:
-        if not characters or not all(isinstance(c, str) and len(c) == 1 for c in characters):
+        if (
+            not isinstance(characters, (list, tuple))
+            or not characters
+            or not all(isinstance(c, str) and len(c) == 1 for c in characters)
+        ):
             raise ValueError("a character vocabulary must be a non-empty list of single characters")
         repeated = sorted({c for c in characters if characters.count(c) > 1})
         if repeated:

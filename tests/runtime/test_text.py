@@ -52,9 +52,10 @@ def test_characters_name_what_they_cannot_encode():
         ([], "non-empty list of single characters"),
         (["a", "bc"], "non-empty list of single characters"),
         (["a", 1], "non-empty list of single characters"),
+        ({"a": 0}, "non-empty list of single characters"),
         (["a", "b", "a"], "lists 'a' more than once"),
     ],
-    ids=["empty", "multi-character", "not-a-string", "repeated"],
+    ids=["empty", "multi-character", "not-a-string", "an-object", "repeated"],
 )
 def test_a_bad_character_vocabulary_is_refused(content, message):
     with pytest.raises(ValueError, match=message):
