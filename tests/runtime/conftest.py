@@ -1,10 +1,9 @@
 """Exports the runtime tests load: a tiny causal LM, a tiny encoder and a plain module (built
-once per run), the shipped sample LM, and a copy of the LM export whose manifest lists its
-tensors in another order."""
+once per run), a tiny LM with a tokenizer, and a copy of the LM export whose manifest lists its
+tensors in another order. The sample LM's export is tests/conftest.py's."""
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,9 @@ from torch import nn
 
 from favor.exporter import export
 from favor.ops.models import PerformerEncoder, PerformerLM
+from tests.conftest import SAMPLE_LM
 
 VOCAB = 30
-SAMPLE_LM = Path(__file__).resolve().parents[2] / "samples" / "char_lm" / "char_lm.pt"
 CORPUS = SAMPLE_LM.with_name("corpus.txt")
 # A byte-level BPE (one character may take several ids) that fits BPE_LM's embedding.
 BPE_VOCAB, BPE_LM_VOCAB = 290, 300
@@ -73,14 +72,6 @@ def tiny_lm():
 def lm_dir(tiny_lm, tmp_path_factory):
     out = tmp_path_factory.mktemp("runtime-lm")
     export(tiny_lm, out, name="lm", exporter="torchscript", formats="onnx")
-    return out
-
-
-@pytest.fixture(scope="session")
-def char_lm_dir(tmp_path_factory):
-    """The shipped sample LM as the README's main command exports it (ONNX only, to save time)."""
-    out = tmp_path_factory.mktemp("runtime-char-lm")
-    export(SAMPLE_LM, out, formats="onnx")
     return out
 
 

@@ -13,7 +13,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from favor.runtime import Generator, ManifestError, Session, TextStream
 from favor.runtime.cli import main as favor_run
 from favor.runtime.text import Characters, Tokenizer, read_text, text_kind
-from tests.runtime.conftest import CORPUS, SAMPLE_LM, train_tokenizer
+from tests.conftest import SAMPLE_LM
+from tests.runtime.conftest import CORPUS, train_tokenizer
 
 SAMPLE_VOCAB = SAMPLE_LM.with_name("vocab.json")
 # Characters a byte-level BPE splits over several ids, and spaces a metaspace one marks.
