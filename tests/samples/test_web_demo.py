@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from favor.exporter import export
 from favor.runtime import Generator, Session
+from tests.conftest import SAMPLE_LM
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "node" / "browser" / "drive_page.mjs"
@@ -31,6 +33,7 @@ PAGE = "/samples/web/index.html"
 # segment, so each ends in the export's name.
 EXPORT = "/exports/char_lm/"
 TEXTLESS_EXPORT = "/textless/char_lm/"
+FP16_EXPORT = "/fp16/char_lm/"
 PAGE_TIMEOUT_MS = 30_000
 # The driver's screenshot size; small enough for docs/images.
 SCREEN = (1000, 700)
@@ -117,8 +120,20 @@ def textless_dir(char_lm_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mounts(char_lm_dir, textless_dir):
-    return {"/": ROOT, EXPORT: char_lm_dir, TEXTLESS_EXPORT: textless_dir}
+def fp16_dir(tmp_path_factory):
+    """The sample LM with float16 weights and logits, which the page must decode as numbers.
+
+    Unvalidated (tests/exporter validates fp16 exports): here the browser is compared with
+    favor.runtime on the same files.
+    """
+    target = tmp_path_factory.mktemp("web-fp16") / "char_lm"
+    export(SAMPLE_LM, target, formats="onnx", dtype="float16", validate_outputs=False)
+    return target
+
+
+@pytest.fixture(scope="module")
+def mounts(char_lm_dir, textless_dir, fp16_dir):
+    return {"/": ROOT, EXPORT: char_lm_dir, TEXTLESS_EXPORT: textless_dir, FP16_EXPORT: fp16_dir}
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +205,15 @@ def test_greedy_ids_equal_the_python_runtime(site, char_lm_dir, export, extra, p
     assert report["consoleErrors"] == [] and report["pageErrors"] == []
     assert report["stats"]["threads"] == 1 and report["stats"]["tokens_per_s"] > 0
     _assert_rendered(tmp_path / "page.png")
+
+
+def test_float16_logits_give_the_python_runtimes_greedy_ids(site, fp16_dir, tmp_path):
+    assert Session(fp16_dir).manifest.output("logits").dtype == "float16"
+    report = _drive(
+        _page(site, model=FP16_EXPORT, prompt="The ", n=30, greedy=1), tmp_path / "p.png"
+    )
+    assert report["status"] == "done"
+    assert report["ids"] == _python_greedy(fp16_dir, "The ", 30)
 
 
 def test_two_threads_on_a_cross_origin_isolated_page(isolated_site, char_lm_dir, tmp_path):
