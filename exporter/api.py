@@ -131,6 +131,10 @@ def export(
     calibration_data: str | Path | None = None,
     heal_steps: int = 0,
     text: str | Path | bool | None = None,
+    static: bool = False,
+    static_batch: int | None = None,
+    prefill_chunk: int | None = None,
+    static_seq: int | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``model`` to every format in ``formats``, validate the files, write a manifest.
@@ -192,6 +196,12 @@ def export(
             index) or a Hugging Face ``tokenizer.json``. None looks beside the model file for
             ``NAME.tokenizer.json``, ``NAME.vocab.json``, ``tokenizer.json`` or ``vocab.json``
             and takes the first that fits the model's vocabulary; False carries none.
+        static: also write fixed-shape graphs for mobile NPUs (:mod:`.formats.static`): a
+            causal LM's decode step and prefill chunk sharing one weights file, or an encoder's
+            graph at a fixed length; same as ``"static"`` in ``formats``.
+        static_batch: the static graphs' batch (default 1).
+        prefill_chunk: a causal LM's static prefill length (default 64).
+        static_seq: an encoder's static length (default the model's longest sequence).
         progress: called as ``progress(stage, message)`` at each step.
 
     Returns:
@@ -210,7 +220,8 @@ def export(
         fused_attention=fused_attention, quantize=quantize, int8_scheme=int8_scheme,
         import_foreign=import_foreign, import_as=import_as, import_kwargs=import_kwargs,
         calibration_data=None if calibration_data is None else Path(calibration_data),
-        heal_steps=heal_steps, text=text,
+        heal_steps=heal_steps, text=text, static=static, static_batch=static_batch,
+        prefill_chunk=prefill_chunk, static_seq=static_seq,
     )  # fmt: skip
     say = progress or _silent
     say("load", str(model) if not isinstance(model, nn.Module) else type(model).__name__)

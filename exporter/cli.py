@@ -331,6 +331,25 @@ object on failure too, with the error and the exit code.
     "README, Benchmarks.",
 )
 @click.option(
+    "--static",
+    is_flag=True,
+    help="Also write fixed-shape graphs for mobile NPUs (NNAPI, CoreML): a causal LM's decode "
+    "step and prefill chunk (NAME.decode.onnx, NAME.prefill.onnx) or an encoder's graph at a "
+    "fixed length (NAME.static.onnx), sharing NAME.static.data; each with ONNX Runtime's mobile "
+    "usability check. Same as --format ...,static.",
+)
+@click.option("--static-batch", type=int, help="Batch of the --static graphs.  [default: 1]")
+@click.option(
+    "--prefill-chunk",
+    type=int,
+    help="Tokens per call of a causal LM's --static prefill graph.  [default: 64]",
+)
+@click.option(
+    "--static-seq",
+    type=int,
+    help="Length of an encoder's --static graph.  [default: the model's longest sequence]",
+)
+@click.option(
     "--external-data",
     type=click.Choice(list(EXTERNAL_DATA)),
     default="auto",
@@ -420,6 +439,10 @@ def export_command(
     inputs,
     validate,
     fused_attention,
+    static,
+    static_batch,
+    prefill_chunk,
+    static_seq,
     external_data,
     dtype,
     quantize,
@@ -460,6 +483,8 @@ def export_command(
             calibration_data=calibration_data,
             heal_steps=heal_steps,
             text=_text_option(text, no_text),
+            static=static, static_batch=static_batch, prefill_chunk=prefill_chunk,
+            static_seq=static_seq,
             progress=report,
         )  # fmt: skip
         if result.fidelity is not None and not quiet and not as_json:

@@ -105,7 +105,8 @@ def build_manifest(
     (:attr:`.formats.Built.manifest`): the ONNX graph's ``opset``, ``exporter``,
     ``fused_attention`` (causal attention as ONNX Runtime's ``LinearAttention`` op) and
     ``quantization`` (an int8 graph's scheme and what was quantized); the TorchScript
-    archive's ``torchscript`` (how it is called). Each is null (false) without its format.
+    archive's ``torchscript`` (how it is called); the fixed-shape graphs' ``static`` (their
+    sizes and mobile usability). Each is null (false) without its format.
     ``text_kind`` is the kind of ``files["text"]`` (:data:`favor.runtime.text.TEXT_KINDS`).
     """
     entries = dict(format_entries or {})
@@ -131,6 +132,7 @@ def build_manifest(
             for s in spec.states
         ),
         torchscript=entries.pop("torchscript", None),
+        static=entries.pop("static", None),
         sequence_dim=spec.sequence_dim,
         chunk_size=spec.chunk_size,
         max_sequence_length=spec.max_length,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import ExportError
 from .formats import FORMAT_REGISTRY
+from .formats.base import check_requires
 from .importers import importer_for_class
 from .onnx_graph import EXPORTERS, MIN_OPSET_BY_EXPORTER, check_opset
 from .precision import parse_dtype
@@ -60,10 +61,16 @@ class ExportOptions:
     calibration_data: Path | None = None
     heal_steps: int = 0
     text: str | Path | bool | None = None
+    static: bool = False
+    static_batch: int | None = None
+    prefill_chunk: int | None = None
+    static_seq: int | None = None
 
     def __post_init__(self) -> None:
         # Frozen: the normalized values are set once, here.
         object.__setattr__(self, "formats", _parse_formats(self.formats))
+        self._check_static_options()
+        check_requires(self.formats)
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "allow_modules", tuple(self.allow_modules))
         object.__setattr__(self, "dtype", parse_dtype(self.dtype))
@@ -84,6 +91,27 @@ class ExportOptions:
             declared_spec(list(self.inputs), ("output",))  # raises on a bad declaration
         self._check_onnx_options()
         self._check_import_options()
+
+    def _check_static_options(self) -> None:
+        """``--static`` and ``--format static`` are one choice; its sizes need it."""
+        if self.static or "static" in self.formats:
+            object.__setattr__(self, "static", True)
+            object.__setattr__(self, "formats", _parse_formats([*self.formats, "static"]))
+        for flag, value, least in (
+            ("--static-batch", self.static_batch, 1),
+            ("--prefill-chunk", self.prefill_chunk, 2),
+            ("--static-seq", self.static_seq, 1),
+        ):
+            if value is None:
+                continue
+            if not self.static:
+                raise ExportError(f"{flag} sizes the --static graphs, and --static was not given")
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+                raise ExportError(f"{flag} must be an integer >= {least}, got {value!r}")
+        if self.static and self.dtype != "float32":
+            raise ExportError(f"--static writes float32 graphs, got --dtype {self.dtype}")
+        if self.static and self.quantize:
+            raise ExportError("--static writes float graphs; --quantize int8 cannot apply to them")
 
     def _check_import_options(self) -> None:
         if not self.import_foreign and (self.import_as or self.calibration_data):

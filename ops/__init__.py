@@ -8,7 +8,7 @@ looked up by name in :data:`KERNEL_REGISTRY` and :data:`PROJECTION_REGISTRY`.
 from .attention import FavorAttention
 from .attention_config import AttentionConfig
 from .features import KERNEL_REGISTRY, KERNELS, Kernel, get_kernel
-from .fusion import causal_layers, fused_causal_attention
+from .fusion import causal_layers, fixed_length_attention, fused_causal_attention
 from .lara import LaraAttention
 from .multihead import MultiheadFavorAttention
 from .performer_compat import CompatAttention, CompatLM, CompatPerformer
@@ -29,6 +29,7 @@ __all__ = [
     "MultiheadFavorAttention",
     "Projection",
     "causal_layers",
+    "fixed_length_attention",
     "fused_causal_attention",
     "get_kernel",
     "get_projection",

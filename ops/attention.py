@@ -27,6 +27,7 @@ from .projections import (
     draw_projection,
     get_projection,
 )
+from .static import causal_fixed
 
 # Lower bound on |denominator| for TrigRF's signed estimate. Positive kernels only need to avoid
 # 0 / 0 and use the dtype's smallest normal number instead; so do sparse-grid weighted ones,
@@ -89,6 +90,9 @@ class FavorAttention(Configurable, nn.Module):
         # contraction as one op that ONNX Runtime runs fused. Not part of the configuration:
         # outputs are the same either way.
         self.fused = False
+        # Export-time switch (favor.ops.static.fixed_length_attention): trace causal attention
+        # for the one length of a fixed-shape graph, without prefix sums. Outputs are the same.
+        self.fixed_length = False
         self.learnable_projection = (
             self.projection_spec.module(self.nb_features, self.dim_head, self.seed)
             if self.projection_spec.learnable
@@ -289,7 +293,13 @@ class FavorAttention(Configurable, nn.Module):
         if state is not None:
             state = state.to(phi_k.dtype)
         if self.causal:
-            contraction = causal_linear_attention if self.fused else causal_chunked
+            contraction = (
+                causal_fixed
+                if self.fixed_length
+                else causal_linear_attention
+                if self.fused
+                else causal_chunked
+            )
             out, new_state = contraction(phi_q, phi_k, values, state, chunk_size=self.chunk_size)
         else:
             out, new_state = noncausal(phi_q, phi_k, values, state)

@@ -25,7 +25,7 @@ from .contract import ManifestError, ModelKind
 from .dtypes import numpy_dtype
 from .generate import DEFAULT_PREFILL_CHUNK, Generator
 from .sampling import check_sampling
-from .session import Session, layout
+from .session import MODEL_FILES, Session, layout
 from .text import Characters, Text, TextStream
 
 EPILOG = """examples:
@@ -88,6 +88,10 @@ def _session_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=_int_at_least(1), help="ONNX Runtime intra-op threads [its default]"
     )
+    parser.add_argument(
+        "--model", choices=list(MODEL_FILES),
+        help="which file to load: the .onnx graph or the .ort model [onnx, else ort]",
+    )  # fmt: skip
 
 
 def _global_flags(parser: argparse.ArgumentParser, default: object) -> None:
@@ -107,7 +111,9 @@ def _global_flags(parser: argparse.ArgumentParser, default: object) -> None:
 
 def _open(args: argparse.Namespace) -> Session:
     providers = args.providers if args.providers == "auto" else args.providers.split(",")
-    return Session(args.export, providers=providers, threads=args.threads, name=args.name)
+    return Session(
+        args.export, providers=providers, threads=args.threads, name=args.name, model=args.model
+    )
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:
@@ -346,7 +352,7 @@ def command_generate(args: argparse.Namespace) -> None:
         raise ValueError("--prompt must not be empty: the model needs a token to start from")
     session = _open(args)
     text = _generation_text(args, session)
-    generator = Generator(session, prefill_chunk=args.prefill_chunk)
+    generator = Generator(session, prefill_chunk=args.prefill_chunk, static=args.static)
     if not text.fits(generator.vocab_size):
         raise ValueError(
             f"the vocabulary has {text.size} tokens but the model's has {generator.vocab_size}"
@@ -443,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--prefill-chunk", type=_int_at_least(1), default=DEFAULT_PREFILL_CHUNK,
         help=f"most prompt tokens per graph call; bounds memory [{DEFAULT_PREFILL_CHUNK}]",
+    )  # fmt: skip
+    generate.add_argument(
+        "--static", action="store_true",
+        help="run the export's fixed-shape decode and prefill graphs (favor-export --static)",
     )  # fmt: skip
     generate.add_argument("-q", "--quiet", action="store_true", help="no timing line")
     generate.set_defaults(func=command_generate)

@@ -141,6 +141,9 @@ class Manifest:
     outputs: tuple[TensorEntry, ...]
     state: tuple[StateEntry, ...]
     torchscript: dict | None
+    # The fixed-shape graphs of a --static export: {"batch", "prefill_chunk" (causal LMs) or
+    # "seq" (encoders), "graphs": {role: {provider: usability summary}}}; None without them.
+    static: dict | None
     sequence_dim: str | None
     chunk_size: int | None
     # The longest sequence the model takes (its largest position + 1); None where unbounded.
@@ -159,7 +162,7 @@ class Manifest:
         """Check parsed JSON and type it; ManifestError naming ``source`` and the first bad entry.
 
         Entries older manifests lack take the values those manifests meant: ``fused_attention``
-        false, ``dtype`` float32, no ``quantization`` or ``torchscript``, inputs sampled from
+        false, ``dtype`` float32, no ``quantization``, ``torchscript`` or ``static``, inputs sampled from
         ``data``, state of its input's dtype and shape starting from zeros.
         """
         check_structure(obj, source)
@@ -471,6 +474,7 @@ _ENTRIES: dict[str, tuple[Callable[[object], bool], str, object]] = {
     "quantization": (_or_null(_is_object), "an object or null", None),
     "source": (_is_object, "an object", _MISSING),
     "torchscript": (_or_null(_is_object), "an object or null", None),
+    "static": (_or_null(_is_object), "an object or null", None),
     "chunk_size": (_or_null(_is_positive), "a positive integer or null", None),
     "max_sequence_length": (_or_null(_is_positive), "a positive integer or null", None),
     "text": (_or_null(_is_text), 'null or an object {"kind": a non-empty string}', None),

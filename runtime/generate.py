@@ -4,6 +4,10 @@ The prompt goes through the graph in chunks of at most ``prefill_chunk`` tokens 
 new token is one more call with ``seq = 1``. Between calls the constant-size state stays in ONNX
 Runtime's own buffers (on the GPU with the CUDA provider) through IO binding, so decode cost does
 not grow with the context, and neither does prefill memory.
+
+An export with fixed-shape graphs (``--static``) is driven through them instead where asked
+(:class:`~favor.runtime.static.StaticLM`: whole prefill chunks, then decode steps), with the
+same logits, so the same greedy ids.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import onnxruntime as ort
 from .checks import is_int
 from .contract import ModelKind
 from .dtypes import numpy_dtype
+from .manifest import export_files
 from .sampling import check_sampling, sample_token
-from .session import Session, check_token_ids
+from .session import Session, check_token_ids, session_options
+from .static import StaticLM
 
 DEFAULT_PREFILL_CHUNK = 4096
 
@@ -36,9 +42,20 @@ class Generator:
     another is under way (from another thread, or while a :meth:`stream` is still open) raises
     RuntimeError instead of mixing two sequences into one state. Give each thread its own
     Generator; several Generators may share one :class:`Session`, each keeping its own state.
+
+    ``static``: run the export's fixed-shape decode and prefill graphs (``--static``) on the
+    session's providers instead of the graph the session loaded: the same calls and the same
+    logits, as an app on an NPU runs them. An export without them raises ManifestError. Off by
+    default: on a CPU the dynamic graph serves a prompt in one call, the pair in several.
     """
 
-    def __init__(self, session: Session, *, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        static: bool = False,
+    ) -> None:
         if session.kind is not ModelKind.CAUSAL_LM:
             raise ValueError(
                 f"Generator needs a causal LM export, got a {session.kind.value!r} model"
@@ -57,6 +74,15 @@ class Generator:
         self.vocab_size = self.vocabulary[1]
         self._device = "cuda" if session.device == "cuda" else "cpu"
         self._busy = threading.Lock()
+        manifest = session.manifest
+        files = export_files(session.manifest_path, manifest) if static else {}
+        self._static = (
+            StaticLM.from_manifest(
+                manifest, files, providers=session.providers, options=session_options()
+            )
+            if static
+            else None
+        )
         self._reset()
 
     @contextlib.contextmanager
@@ -112,6 +138,8 @@ class Generator:
                 "to keep generating"
             )
         try:
+            if self._static is not None:
+                return self._static_call(tokens)
             binding = self.session.io_binding()
             binding.bind_cpu_input(self.tokens_input.name, tokens)
             state = self._state if self._state is not None else self._empty_state()
@@ -131,6 +159,14 @@ class Generator:
             raise RuntimeError(f"decode step failed: {error}") from error
         self.position += tokens.shape[1]
         return logits
+
+    def _static_call(self, tokens: np.ndarray) -> np.ndarray:
+        """:meth:`_call` through the static pair, the state kept as numpy arrays."""
+        state = self._state if self._state is not None else self.session.initial_state(1)
+        outputs = self._static.run({self.tokens_input.name: tokens, **state})
+        self._state = {inp: outputs[output] for inp, output in self.session.state}
+        self.position += tokens.shape[1]
+        return outputs[self.logits_output][0]
 
     def _prefill(self, tokens: np.ndarray) -> np.ndarray:
         """Feed ``tokens (1, L)`` in chunks of ``prefill_chunk``; return the last logits ``(V,)``."""

@@ -39,17 +39,18 @@ def sha256_file(path: Path) -> str:
 
 
 def find_manifest(path: str | Path, name: str | None = None) -> Path:
-    """The manifest for ``path``: an export directory, a ``.onnx`` file, or the manifest itself.
+    """The manifest for ``path``: an export directory, a ``.onnx`` or ``.ort`` file, or the
+    manifest itself.
 
     ``name`` picks one export when a directory holds several.
     """
     path = Path(path)
     if path.is_file() and path.name.endswith(MANIFEST_SUFFIX):
         return path
-    if path.suffix == ".onnx":
+    if path.suffix in (".onnx", ".ort"):
         if not path.is_file():
             raise ManifestError(f"model not found: {path}")
-        beside = path.with_name(path.name.removesuffix(".onnx") + MANIFEST_SUFFIX)
+        beside = path.with_name(path.name.removesuffix(path.suffix) + MANIFEST_SUFFIX)
         if not beside.is_file():
             raise ManifestError(f"no manifest beside {path.name}: expected {beside.name}")
         return beside

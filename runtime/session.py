@@ -22,6 +22,12 @@ PROVIDER_ALIASES = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+# The files a Session can load, by manifest role, as messages name them; the first listed in a
+# manifest is loaded by default.
+MODEL_FILES = {
+    "onnx": "ONNX file (exported with --format torchscript?)",
+    "ort": "ORT file (export with --format onnx,ort)",
+}
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -81,12 +87,17 @@ class Session:
             ``"extended"`` or ``"all"``.
         name: which export, when the directory holds several.
         verify: check every file's sha256 against the manifest before loading.
+        model: which file of the export to load, ``"onnx"`` (the ONNX graph) or ``"ort"``
+            (the same graph in ONNX Runtime's format, ``favor-export --format onnx,ort``,
+            optimized for the CPU provider); None: the ONNX graph, or the ORT file where the
+            manifest lists no ONNX graph (an app shipping only the ``.ort``).
 
     Raises:
         ManifestError: a missing, altered or inconsistent export, or a graph ONNX Runtime
             cannot load. ValueError: an unknown provider or option.
 
     Attributes: ``manifest`` (the typed :class:`~favor.runtime.contract.Manifest`),
+    ``model`` (``"onnx"`` or ``"ort"``) and ``model_path`` (the file loaded),
     ``inputs``/``outputs`` (its tensor entries), ``state`` (``(input, output)`` name pairs),
     ``kind``, ``providers``, ``device`` (``"cpu"`` or ``"cuda"``), ``text`` (encode and decode
     text, where the export carries its vocabulary). :meth:`run` may be called
@@ -102,14 +113,16 @@ class Session:
         *,
         name: str | None = None,
         verify: bool = True,
+        model: str | None = None,
     ) -> None:
+        if model not in (None, *MODEL_FILES):
+            raise ValueError(f"model must be one of {', '.join(MODEL_FILES)}, got {model!r}")
         self.manifest_path = find_manifest(path, name)
         self.manifest: Manifest = load_manifest(self.manifest_path, verify=verify)
-        if "onnx" not in self.manifest.files:
-            raise ManifestError(
-                f"{self.manifest_path.name} lists no ONNX file (exported with --format torchscript?)"
-            )
-        self.onnx_path = export_files(self.manifest_path, self.manifest)["onnx"]
+        self.model = model or next((m for m in MODEL_FILES if m in self.manifest.files), "onnx")
+        if self.model not in self.manifest.files:
+            raise ManifestError(f"{self.manifest_path.name} lists no {MODEL_FILES[self.model]}")
+        self.model_path = export_files(self.manifest_path, self.manifest)[self.model]
         if optimization not in OPTIMIZATION_LEVELS:
             raise ValueError(
                 f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}"
@@ -120,7 +133,7 @@ class Session:
         self.providers = resolve_providers(providers)
         try:
             self._session = ort.InferenceSession(
-                str(self.onnx_path), options, providers=self.providers
+                str(self.model_path), options, providers=self.providers
             )
         except Exception as error:  # onnxruntime's exception types are not exported
             hint = (
@@ -130,13 +143,15 @@ class Session:
                 else ""
             )
             raise ManifestError(
-                f"onnxruntime cannot load {self.onnx_path.name}: {str(error).splitlines()[0]}{hint}"
+                f"onnxruntime cannot load {self.model_path.name}: {str(error).splitlines()[0]}{hint}"
             ) from None
         self.device = (
             "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         )
         log.info(
-            "favor.runtime: %s on %s", self.onnx_path.name, ", ".join(self._session.get_providers())
+            "favor.runtime: %s on %s",
+            self.model_path.name,
+            ", ".join(self._session.get_providers()),
         )
         self.inputs: tuple[TensorEntry, ...] = self.manifest.inputs
         self.outputs: tuple[TensorEntry, ...] = self.manifest.outputs
@@ -148,6 +163,11 @@ class Session:
             if entry.range is not None and self.kind in VOCABULARY_KINDS
         }
         self._check_graph_matches_manifest()
+
+    @property
+    def onnx_path(self) -> Path:
+        """The file loaded (:attr:`model_path`), by the name it had when it was always ONNX."""
+        return self.model_path
 
     @property
     def kind(self) -> ModelKind:
@@ -176,7 +196,7 @@ class Session:
             if sorted(names) != sorted(actual):
                 raise ManifestError(
                     f"the manifest's {kind}s {names} do not match the graph's {sorted(actual)} in "
-                    f"{self.onnx_path.name}"
+                    f"{self.model_path.name}"
                 )
             for t in declared:
                 if DTYPES[t.dtype].ort != actual[t.name]:

@@ -5,12 +5,19 @@ staging directory (:meth:`Format.build`); validation runs what it built through 
 hands back; the manifest records the files and the format's own entries. ``favor-validate``
 rebuilds the formats of an existing export from its manifest (:meth:`Format.from_manifest`)
 and asks them for runners of the files on disk (:meth:`Format.runners`).
+
+A format may be built from another's files (``--format ort`` converts the ONNX graph): it names
+those formats in :attr:`Format.requires`. Formats are built in the registry's order into one
+staging directory, so a required format, registered first, has written its files into
+``job.stage`` under its :meth:`Format.file_names` by the time the requiring one is built.
+Choosing a format without what it requires is an ExportError (:func:`check_requires`), not a
+silent addition: an export writes the formats asked for and no others.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -62,6 +69,9 @@ class Format(ABC):
     """One output format. Subclasses set :attr:`name` and register with :func:`register_format`."""
 
     name: ClassVar[str]
+    # The formats whose staged files this one is built from (see the module docstring), each
+    # with what it is needed for, as ``check_requires`` words the error.
+    requires: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     @abstractmethod
@@ -90,11 +100,28 @@ FORMAT_REGISTRY: dict[str, type[Format]] = {}
 
 
 def register_format(cls: type[Format]) -> type[Format]:
-    """Class decorator: make ``cls`` available as ``--format cls.name``."""
+    """Class decorator: make ``cls`` available as ``--format cls.name``.
+
+    The formats ``cls`` requires must be registered already: registration order is build order.
+    """
     if cls.name in FORMAT_REGISTRY:
         raise ValueError(f"format {cls.name!r} is registered twice")
+    unregistered = [r for r in cls.requires if r not in FORMAT_REGISTRY]
+    if unregistered:
+        raise ValueError(
+            f"format {cls.name!r} requires {', '.join(unregistered)}, which must be registered first"
+        )
     FORMAT_REGISTRY[cls.name] = cls
     return cls
+
+
+def check_requires(formats: Sequence[str]) -> None:
+    """ExportError naming the first of ``formats`` (registered names) chosen without a format it
+    requires, e.g. ``--format ort converts the ONNX graph, and --format has no onnx``."""
+    for name in formats:
+        for required, why in FORMAT_REGISTRY[name].requires.items():
+            if required not in formats:
+                raise ExportError(f"--format {name} {why}, and --format has no {required}")
 
 
 def get_format(name: str) -> type[Format]:

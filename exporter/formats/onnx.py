@@ -8,7 +8,7 @@ graph is held to the scheme's parity budget.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,17 +71,10 @@ class OnnxFormat(Format):
     def from_manifest(cls, manifest: Manifest) -> Format | None:
         if "onnx" not in manifest.files:
             return None
-        quantization = manifest.quantization
-        # An unknown scheme is held to the default one's budget, never to one stored in the
-        # manifest: a manifest is not trusted.
-        int8 = (
-            None
-            if quantization is None
-            else INT8_SCHEMES.get(quantization.get("scheme"), DEFAULT_SETTINGS)
-        )
         return cls(
-            manifest.opset, manifest.exporter, fused_attention=manifest.fused_attention, int8=int8
-        )
+            manifest.opset, manifest.exporter, fused_attention=manifest.fused_attention,
+            int8=recorded_int8(manifest),
+        )  # fmt: skip
 
     def file_names(self, name: str) -> dict[str, str]:
         # save_onnx names the external data file after the graph
@@ -128,6 +121,18 @@ class OnnxFormat(Format):
         return [*onnxruntime_runners(graph, spec), reference_runner(graph, spec)]
 
 
+def recorded_int8(manifest: Manifest) -> QuantizationSettings | None:
+    """The int8 settings an export's graph is held to: its recorded scheme's, None if float.
+
+    An unknown scheme is held to the default one's budget, never to one stored in the
+    manifest: a manifest is not trusted.
+    """
+    quantization = manifest.quantization
+    if quantization is None:
+        return None
+    return INT8_SCHEMES.get(quantization.get("scheme"), DEFAULT_SETTINGS)
+
+
 def _int8_runners(graph: Path, spec: ModelSpec, budget: ParityBudget) -> list[Runner]:
     return onnxruntime_runners(graph, spec, suffix=" int8", budget=budget)
 
@@ -149,10 +154,16 @@ def onnxruntime_providers() -> list[str]:
 
 
 def onnxruntime_runners(
-    graph: Path, spec: ModelSpec, *, suffix: str = "", budget: ParityBudget | None = None
+    graph: Path,
+    spec: ModelSpec,
+    *,
+    suffix: str = "",
+    budget: ParityBudget | None = None,
+    providers: Sequence[str] | None = None,
 ) -> list[Runner]:
-    """One runner per ONNX Runtime provider, labelled ``onnxruntime-cpu`` etc. plus ``suffix``,
-    held to ``budget`` if given. Each also runs the decode check."""
+    """One runner per ONNX Runtime provider (``providers``, default
+    :func:`onnxruntime_providers`), labelled ``onnxruntime-cpu`` etc. plus ``suffix``, held to
+    ``budget`` if given. Each also runs the decode check."""
     return [
         Runner(
             "onnxruntime-" + provider.removesuffix("ExecutionProvider").lower() + suffix,
@@ -160,7 +171,7 @@ def onnxruntime_runners(
             budget=budget,
             decode=True,
         )
-        for provider in onnxruntime_providers()
+        for provider in (onnxruntime_providers() if providers is None else providers)
     ]
 
 

@@ -44,7 +44,7 @@ FIRST_VERSION = {
 CURRENT_KEYS = [
     "format", "format_version", "name", "kind", "versions", "opset", "exporter", "fused_attention",
     "dtype", "quantization", "source", "inputs", "outputs", "state", "torchscript",
-    "sequence_dim", "chunk_size", "max_sequence_length", "text", "attention", "example_sizes",
+    "static", "sequence_dim", "chunk_size", "max_sequence_length", "text", "attention", "example_sizes",
     "sweep", "validation", "files",
 ]  # fmt: skip
 
@@ -99,6 +99,7 @@ def test_a_first_version_manifest_parses_with_the_defaults_it_meant():
     assert list(written) == CURRENT_KEYS
     assert written["fused_attention"] is False and written["dtype"] == "float32"
     assert written["quantization"] is None and written["torchscript"] is None
+    assert written["static"] is None
     assert {k: v for k, v in written.items() if k in FIRST_VERSION} == FIRST_VERSION
 
 
