@@ -69,8 +69,6 @@ class ExportOptions:
     def __post_init__(self) -> None:
         # Frozen: the normalized values are set once, here.
         object.__setattr__(self, "formats", _parse_formats(self.formats))
-        self._check_static_options()
-        check_requires(self.formats)
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "allow_modules", tuple(self.allow_modules))
         object.__setattr__(self, "dtype", parse_dtype(self.dtype))
@@ -89,6 +87,9 @@ class ExportOptions:
         check_tolerance("rtol", self.rtol)
         if self.inputs:
             declared_spec(list(self.inputs), ("output",))  # raises on a bad declaration
+        # After the normalization above: the static checks read the dtype's canonical name.
+        self._check_static_options()
+        check_requires(self.formats)
         self._check_onnx_options()
         self._check_import_options()
 

@@ -172,6 +172,12 @@ def test_format_static_is_the_same_choice():
     assert "static" in ExportOptions(static=True).formats
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "float32"], ids=["short-name", "long-name"])
+def test_static_takes_float32_by_either_name(dtype):
+    # The CLI passes --dtype's short name: the check must read the normalized one.
+    assert ExportOptions(static=True, dtype=dtype).dtype == "float32"
+
+
 def test_a_model_without_state_or_mask_is_refused(tmp_path):
     model = torch.nn.Linear(4, 3)
     with pytest.raises(ExportError, match=r"--static needs a causal LM .* key padding mask"):
