@@ -1,9 +1,9 @@
 """``Generator``: streaming decode through a causal LM's stateful graph.
 
 The prompt goes through the graph in chunks of at most ``prefill_chunk`` tokens (prefill); every
-new token is one more call with ``seq = 1``. Between calls the constant-size state stays in ONNX
-Runtime's own buffers (on the GPU with the CUDA provider) through IO binding, so decode cost does
-not grow with the context, and neither does prefill memory.
+new token is one more call with ``seq = 1``. The state has a constant size, so decode cost does
+not grow with the context, and neither does prefill memory. Between calls it stays on the GPU
+under CUDA (IO binding), and in host arrays on the CPU, where a plain run costs less per call.
 
 An export with fixed-shape graphs (``--static``) is driven through them instead where asked
 (:class:`~favor.runtime.static.StaticLM`: whole prefill chunks, then decode steps), with the
@@ -47,6 +47,10 @@ class Generator:
     session's providers instead of the graph the session loaded: the same calls and the same
     logits, as an app on an NPU runs them. An export without them raises ManifestError. Off by
     default: on a CPU the dynamic graph serves a prompt in one call, the pair in several.
+
+    ``io_binding``: keep the state in ONNX Runtime's buffers between calls (on the GPU under
+    CUDA) instead of host arrays; None does so on CUDA only, where the state would otherwise
+    cross to the host and back every token.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class Generator:
         *,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         static: bool = False,
+        io_binding: bool | None = None,
     ) -> None:
         if session.kind is not ModelKind.CAUSAL_LM:
             raise ValueError(
@@ -74,15 +79,18 @@ class Generator:
         self.vocab_size = self.vocabulary[1]
         self._device = "cuda" if session.device == "cuda" else "cpu"
         self._busy = threading.Lock()
-        manifest = session.manifest
-        files = export_files(session.manifest_path, manifest) if static else {}
-        self._static = (
-            StaticLM.from_manifest(
-                manifest, files, providers=session.providers, options=session_options()
-            )
-            if static
-            else None
-        )
+        # How one call runs, feeds -> outputs by name. On the CPU a plain run is faster than IO
+        # binding (0.64 against 0.81 ms per decode step of the sample LM, `python -m
+        # benchmarks.runtimes`): there the state is in host memory either way.
+        if static:
+            files = export_files(session.manifest_path, session.manifest)
+            self._drive = StaticLM.from_manifest(
+                session.manifest, files, providers=session.providers, options=session_options()
+            ).run
+        elif io_binding or (io_binding is None and self._device == "cuda"):
+            self._drive = self._bound
+        else:
+            self._drive = self._plain
         self._reset()
 
     @contextlib.contextmanager
@@ -106,14 +114,17 @@ class Generator:
             self._reset()
 
     def _reset(self) -> None:
-        self._state: dict[str, ort.OrtValue] | None = None
+        self._state: dict[str, np.ndarray | ort.OrtValue] | None = None
         self._failure: BaseException | None = None
         self.position = 0
 
-    def _empty_state(self) -> dict[str, ort.OrtValue]:
+    def _empty_state(self) -> dict[str, np.ndarray | ort.OrtValue]:
+        state = self.session.initial_state(1)
+        if self._drive != self._bound:
+            return state
         return {
             name: ort.OrtValue.ortvalue_from_numpy(array, self._device, 0)
-            for name, array in self.session.initial_state(1).items()
+            for name, array in state.items()
         }
 
     def _check_tokens(self, tokens: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
@@ -138,35 +149,37 @@ class Generator:
                 "to keep generating"
             )
         try:
-            if self._static is not None:
-                return self._static_call(tokens)
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(self.tokens_input.name, tokens)
             state = self._state if self._state is not None else self._empty_state()
-            for name, value in state.items():
-                binding.bind_ortvalue_input(name, value)
-            names = [self.logits_output, *(output for _, output in self.session.state)]
-            for name in names:
-                binding.bind_output(name, "cpu" if name == self.logits_output else self._device)
-            self.session.run_with_iobinding(binding)
-            # get_outputs() lists the outputs in the order they were bound.
-            outputs = dict(zip(names, binding.get_outputs(), strict=True))
-            logits = outputs[self.logits_output].numpy()[0]
+            outputs = self._drive({self.tokens_input.name: tokens, **state})
+            logits = outputs[self.logits_output]
+            logits = logits.numpy() if isinstance(logits, ort.OrtValue) else logits
             self._state = {inp: outputs[output] for inp, output in self.session.state}
         except Exception as error:
             # The state may be half-updated: refuse to continue rather than produce garbage.
             self._failure = error
             raise RuntimeError(f"decode step failed: {error}") from error
         self.position += tokens.shape[1]
-        return logits
+        return logits[0]
 
-    def _static_call(self, tokens: np.ndarray) -> np.ndarray:
-        """:meth:`_call` through the static pair, the state kept as numpy arrays."""
-        state = self._state if self._state is not None else self.session.initial_state(1)
-        outputs = self._static.run({self.tokens_input.name: tokens, **state})
-        self._state = {inp: outputs[output] for inp, output in self.session.state}
-        self.position += tokens.shape[1]
-        return outputs[self.logits_output][0]
+    def _plain(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call with every tensor in host memory."""
+        return self.session.run_arrays(feeds)
+
+    def _bound(self, feeds: dict[str, np.ndarray | ort.OrtValue]) -> dict[str, ort.OrtValue]:
+        """One call with the state bound where it lives (on the GPU under CUDA), so it never
+        crosses to the host; the tokens go in and the logits come out through host memory."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, value)
+        names = [self.logits_output, *(output for _, output in self.session.state)]
+        for name in names:
+            binding.bind_output(name, "cpu" if name == self.logits_output else self._device)
+        self.session.run_with_iobinding(binding)
+        # get_outputs() lists the outputs in the order they were bound.
+        return dict(zip(names, binding.get_outputs(), strict=True))
 
     def _prefill(self, tokens: np.ndarray) -> np.ndarray:
         """Feed ``tokens (1, L)`` in chunks of ``prefill_chunk``; return the last logits ``(V,)``."""

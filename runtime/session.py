@@ -280,9 +280,13 @@ class Session:
         """
         merged = {**(feeds or {}), **kwargs}
         arrays = self.check_inputs(merged)
+        return self.run_arrays(arrays)
+
+    def run_arrays(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`run` without the manifest checks, for callers whose feeds are the graph's own
+        outputs and inputs they checked already (the Generator's state and tokens)."""
         names = [t.name for t in self.outputs]
-        values = self._session.run(names, arrays)
-        return dict(zip(names, values, strict=True))
+        return dict(zip(names, self._session.run(names, dict(feeds)), strict=True))
 
     def io_binding(self) -> ort.IOBinding:
         return self._session.io_binding()

@@ -103,7 +103,7 @@ def test_state_size_is_independent_of_context_length(lm_dir):
         generator.reset()
         generator.prefill(np.arange(context) % 30)
         generator.step(1)
-        shapes.append({name: tuple(value.shape()) for name, value in generator._state.items()})
+        shapes.append({name: tuple(np.shape(value)) for name, value in generator._state.items()})
     assert shapes[0] == shapes[1]
     assert generator.position == 301
 
@@ -148,10 +148,10 @@ def test_a_failed_generator_refuses_until_reset(lm_dir, monkeypatch):
     generator = Generator(session)
     generator.prefill([1, 2, 3])
 
-    def broken(_binding):
+    def broken(_feeds):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(session, "run_with_iobinding", broken)
+    monkeypatch.setattr(session, "run_arrays", broken)
     with pytest.raises(RuntimeError, match="decode step failed: device lost"):
         generator.step(4)
     monkeypatch.undo()
@@ -208,14 +208,14 @@ def _blocking_session(lm_dir, monkeypatch):
     """A Session whose graph calls wait on ``release`` after signalling ``entered``."""
     session = Session(lm_dir)
     entered, release = threading.Event(), threading.Event()
-    run = session.run_with_iobinding
+    run = session.run_arrays
 
-    def slow_run(binding):
+    def slow_run(feeds):
         entered.set()
         assert release.wait(10)
-        run(binding)
+        return run(feeds)
 
-    monkeypatch.setattr(session, "run_with_iobinding", slow_run)
+    monkeypatch.setattr(session, "run_arrays", slow_run)
     return session, entered, release
 
 
@@ -324,3 +324,15 @@ def test_a_model_with_a_largest_position_refuses_to_go_past_it(lm_dir, tmp_path)
         generator.generate([1, 2, 3], 11)
     # With the window the state is rebuilt before the limit, and generation goes on.
     assert len(generator.generate([1, 2, 3], 30, window=12)) == 30
+
+
+def test_io_binding_gives_the_host_arrays_ids(lm_dir):
+    session = Session(lm_dir)
+    bound = Generator(session, io_binding=True)
+    assert bound._drive == bound._bound
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    assert bound.generate(prompt, 12) == Generator(session).generate(prompt, 12)
+    sampled = {"temperature": 0.9, "top_k": 10, "seed": 4}
+    assert bound.generate(prompt, 12, **sampled) == Generator(session).generate(
+        prompt, 12, **sampled
+    )

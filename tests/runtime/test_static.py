@@ -10,6 +10,7 @@ from favor.ops.models import PerformerLM
 from favor.runtime import Session
 from favor.runtime.contract import ManifestError
 from favor.runtime.generate import Generator
+from favor.runtime.static import StaticLM
 
 CHUNK = 8
 
@@ -40,11 +41,11 @@ def test_static_pair_gives_the_dynamic_graphs_greedy_ids(static_dir, length):
 
 def test_the_generator_uses_the_pair_only_when_asked(static_dir, tmp_path):
     session = Session(static_dir, providers="cpu")
-    assert Generator(session, static=True)._static is not None
-    assert Generator(session)._static is None
+    assert isinstance(Generator(session, static=True)._drive.__self__, StaticLM)
+    assert not isinstance(Generator(session)._drive.__self__, StaticLM)
     lm = PerformerLM(31, 32, 1, 2, nb_features=16, chunk_size=8).eval()
     export(lm, tmp_path, name="lm", formats="onnx", exporter="torchscript", validate_outputs=False)
     plain = Session(tmp_path, providers="cpu")
-    assert Generator(plain)._static is None
+    assert not isinstance(Generator(plain)._drive.__self__, StaticLM)
     with pytest.raises(ManifestError, match="has no static decode and prefill graphs"):
         Generator(plain, static=True)
