@@ -163,6 +163,11 @@ class ExportOptions:
         """The ONNX exporter for a model loaded from ``source`` (a ``LoadedModel.source``)."""
         if source != "torchscript":
             return self.exporter or DEFAULT_EXPORTER
+        if "pt2" in self.formats:
+            raise ExportError(
+                "--format pt2 needs a PyTorch module: torch.export cannot read a TorchScript "
+                "archive; export the model's checkpoint instead"
+            )
         if self.exporter == "dynamo":
             raise ExportError(
                 "a TorchScript archive can only be exported with --exporter torchscript "

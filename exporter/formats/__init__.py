@@ -4,7 +4,7 @@ A new format is one module here, with a class decorated with :func:`register_for
 import below (the import order is the order files are built and listed).
 """
 
-from . import onnx, ort, static, torchscript  # noqa: F401  registers the formats
+from . import onnx, ort, pt2, static, torchscript  # noqa: F401  registers the formats
 from .base import FORMAT_REGISTRY, Built, ExportJob, Format, get_format, register_format
 
 __all__ = [
