@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -129,8 +130,15 @@ class StaticFormat(Format):
                     decode=True,
                 )
             ]
+        # Longer cases than the graph's fixed length cannot run on it; shorter ones are padded.
+        length = onnx.load(str(files[ENCODER]), load_external_data=False).graph.input[0]
+        most = length.type.tensor_type.shape.dim[1].dim_value
         return [
-            Runner("onnxruntime-cpu static", loaded_or_raising(lambda: self._encoder(files, spec)))
+            Runner(
+                "onnxruntime-cpu static",
+                loaded_or_raising(lambda: self._encoder(files, spec)),
+                max_sizes={spec.sequence_dim or "seq": most},
+            )
         ]
 
     def _lm(self, files: Mapping[str, Path], spec: ModelSpec) -> Run:

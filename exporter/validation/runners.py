@@ -6,8 +6,9 @@ knows nothing of file types.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,8 @@ class Runner:
 
     ``budget``: the outputs are held to this parity budget (:mod:`.quant_budget`, int8 graphs)
     instead of elementwise tolerances. ``max_tokens``: the backend is too slow for more than
-    this many ``batch x seq`` tokens per case and skips larger cases. ``decode``: for causal
+    this many ``batch x seq`` tokens per case and skips larger cases. ``max_sizes``: the most
+    each named dim may be (a fixed-shape graph's length), larger cases skipped. ``decode``: for causal
     LMs, the backend also decodes token by token, carrying the state through its inputs and
     outputs (:mod:`.decode`).
     """
@@ -37,7 +39,15 @@ class Runner:
     run: Run
     budget: ParityBudget | None = None
     max_tokens: int | None = None
+    max_sizes: Mapping[str, int] | None = None
     decode: bool = False
+
+    def takes(self, sizes: Mapping[str, int]) -> bool:
+        """Whether a case of ``sizes`` (symbol -> size) is within this backend's limits."""
+        if self.max_tokens is not None and math.prod(sizes.values()) > self.max_tokens:
+            return False
+        limits = self.max_sizes or {}
+        return all(sizes.get(name, 0) <= most for name, most in limits.items())
 
 
 def loaded_or_raising(load: Callable[[], Run]) -> Run:

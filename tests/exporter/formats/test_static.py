@@ -185,3 +185,27 @@ def test_a_model_without_state_or_mask_is_refused(tmp_path):
             model, tmp_path, inputs=["x:batch,4:float32"], formats="torchscript", static=True,
             validate_outputs=False,
         )  # fmt: skip
+
+
+def test_an_encoder_gets_one_graph_at_a_fixed_length_validated_with_its_mask(
+    encoder_checkpoint, tmp_path
+):
+    result = export(
+        encoder_checkpoint, tmp_path, exporter="torchscript", static=True, static_seq=16
+    )
+    assert result.manifest.static["seq"] == 16 and "static" in result.files
+    graph = onnx.load(result.files["static"], load_external_data=False)
+    inputs = {
+        i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input
+    }
+    assert inputs == {"tokens": [1, 16], "key_padding_mask": [1, 16]}  # every dim fixed
+    # Shorter batches are padded to the graph's length and masked: the sweep must still pass.
+    rows = [r for r in result.report.to_json()["rows"] if "static" in r["backend"]]
+    assert rows and all(r["passed"] for r in rows)
+    mlprogram = result.manifest.static["graphs"]["static"]["usability"]["coreml_mlprogram"]
+    assert mlprogram["partitions"] == 1 and mlprogram["supported"] >= 0.9 * mlprogram["nodes"]
+
+
+def test_an_encoder_without_a_longest_sequence_needs_static_seq(encoder_checkpoint, tmp_path):
+    with pytest.raises(ExportError, match="needs --static-seq N"):
+        export(encoder_checkpoint, tmp_path, exporter="torchscript", static=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from favor.exporter.errors import MissingKernelError
-from favor.exporter.validation.runners import loaded_or_raising, raised, to_numpy
+from favor.exporter.validation.runners import Runner, loaded_or_raising, raised, to_numpy
 
 
 class Fail(Exception):  # noqa: N818 (onnxruntime names it so)
@@ -87,3 +87,18 @@ def test_bfloat16_becomes_float32_exactly_and_other_dtypes_stay():
     assert bf16.tolist() == values
     assert to_numpy(torch.ones(2, dtype=torch.float16)).dtype == np.float16
     assert to_numpy(torch.arange(3)).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("limits", "sizes", "takes"),
+    [
+        ({}, {"batch": 4, "seq": 999}, True),
+        ({"max_tokens": 64}, {"batch": 2, "seq": 32}, True),
+        ({"max_tokens": 64}, {"batch": 3, "seq": 32}, False),
+        ({"max_sizes": {"seq": 16}}, {"batch": 9, "seq": 16}, True),
+        ({"max_sizes": {"seq": 16}}, {"batch": 1, "seq": 17}, False),
+    ],
+    ids=["unlimited", "tokens-within", "tokens-over", "length-within", "length-over"],
+)
+def test_a_runner_takes_only_cases_within_its_limits(limits, sizes, takes):
+    assert Runner("r", lambda inputs: [], **limits).takes(sizes) is takes
