@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
@@ -70,23 +71,38 @@ def parse_dtype(name: str) -> str:
 def files_precision(files: dict[str, Path]) -> tuple[str, bool]:
     """``(weights dtype, int8-quantized)`` of an export, read from its files, not its manifest.
 
-    The dtype is the half type of the ONNX graph's initializers (the TorchScript archive's
-    tensors when there is no graph), ``"float32"`` with none, and ``"mixed"`` with both half
-    types; the graph is int8-quantized when it has integer MatMuls. Validation picks its
-    tolerances by these, so a manifest cannot loosen them by claiming another precision.
+    The dtype is the half type of an ONNX graph's initializers (the dynamic graph's, else a
+    ``--static`` graph's; else the TorchScript archive's or the torch.export program's
+    tensors), ``"float32"`` with none, and ``"mixed"`` with both half types; the graph is
+    int8-quantized when it has integer MatMuls. Validation picks its tolerances by these, so a
+    manifest cannot loosen them by claiming another precision. ValueError for an export with
+    none of these files.
     """
-    if "onnx" in files:
-        graph = onnx.load(str(files["onnx"]), load_external_data=False).graph
+    graph_role = next((role for role in GRAPH_ROLES if role in files), None)
+    quantized = False
+    if graph_role is not None:
+        graph = onnx.load(str(files[graph_role]), load_external_data=False).graph
         types = {onnx.helper.tensor_dtype_to_string(i.data_type) for i in graph.initializer}
         found = {t.removeprefix("TensorProto.").lower() for t in types}
         quantized = any(node.op_type == "MatMulInteger" for node in graph.node)
-    else:
+    elif "torchscript" in files:
         archive = torch.jit.load(str(files["torchscript"]), map_location="cpu")
-        tensors = itertools.chain(archive.parameters(), archive.buffers())
-        found = {str(t.dtype).removeprefix("torch.") for t in tensors}
-        quantized = False
+        found = _dtypes(itertools.chain(archive.parameters(), archive.buffers()))
+    elif "pt2" in files:
+        program = torch.export.load(str(files["pt2"]))
+        found = _dtypes(itertools.chain(program.state_dict.values(), program.constants.values()))
+    else:
+        raise ValueError(f"no file among {', '.join(files)} holds the weights")
     half = found & {"float16", "bfloat16"}
     return ("float32" if not half else half.pop() if len(half) == 1 else "mixed"), quantized
+
+
+# The roles of ONNX graphs that hold an export's weights, in the order they are read.
+GRAPH_ROLES = ("onnx", "decode", "static")
+
+
+def _dtypes(tensors: Iterable[object]) -> set[str]:
+    return {str(t.dtype).removeprefix("torch.") for t in tensors if isinstance(t, torch.Tensor)}
 
 
 def budget(dtype: str) -> tuple[float | None, float | None]:

@@ -139,3 +139,14 @@ def test_a_model_that_specializes_the_length_is_refused_in_one_line(tmp_path):
     assert message.startswith("the model cannot be exported with torch.export: ")
     assert "seq" in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_manifest_cannot_claim_another_precision_than_its_program_holds(lm_checkpoint, tmp_path):
+    # Validation tolerances follow the dtype read from the files: with only a .pt2, from the
+    # program's tensors.
+    export(lm_checkpoint, tmp_path, formats="pt2", dtype="fp16", validate_outputs=False)
+    assert validate_export(lm_checkpoint, tmp_path).passed
+    path = tmp_path / "lm.manifest.json"
+    path.write_text(path.read_text().replace('"dtype": "float16"', '"dtype": "float32"'))
+    with pytest.raises(ExportError, match="records float32 weights, but its files hold float16"):
+        validate_export(lm_checkpoint, tmp_path)
