@@ -498,6 +498,13 @@ def _manifest(
 ) -> Manifest:
     loaded = prepared.loaded
     entries = {key: value for b in built for key, value in b.manifest.items()}
+    if entries.get("quantization") is not None:
+        # The int8 graph is the ONNX format's, and every format built from it holds it too.
+        entries["quantization"]["formats"] = [
+            name
+            for name in options.formats
+            if name == "onnx" or "onnx" in get_format(name).requires
+        ]
     source = {"format": loaded.source, "class": loaded.class_path, "config": loaded.config}
     if prepared.fidelity is not None:
         source["imported"] = {"class": class_path(loaded.module), **prepared.fidelity.to_json()}

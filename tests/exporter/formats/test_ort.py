@@ -69,6 +69,8 @@ def test_the_sweep_runs_through_the_ort_file(exported):
     assert swept == {f"batch={size['batch']} seq={size['seq']}" for size in sweep}
     decoded = {c.backend for c in checks} - {runner}
     assert decoded == ({f"{runner} (decode)"} if case.startswith("lm") else set())
+    if case == "lm-int8":  # the .ort is converted from the int8 graph: int8 too
+        assert result.manifest.quantization["formats"] == ["onnx", "ort"]
 
 
 def _session(path):
