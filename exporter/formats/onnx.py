@@ -175,14 +175,19 @@ def onnxruntime_runners(
     ]
 
 
-def _onnxruntime_session(path: Path, provider: str) -> ort.InferenceSession:
+def validation_options() -> ort.SessionOptions:
+    """ONNX Runtime's options for the sessions validation runs exported graphs in."""
     options = ort.SessionOptions()
     # One thread makes the reductions' order, and so the reported errors, reproducible.
     options.intra_op_num_threads = 1
     # Fatal only: an error running the graph raises, and the report carries it.
     options.log_severity_level = 4
+    return options
+
+
+def _onnxruntime_session(path: Path, provider: str) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), options, providers=[provider])
+        return ort.InferenceSession(str(path), validation_options(), providers=[provider])
     except OrtNotImplemented as error:
         # e.g. a bfloat16 graph on the CPU provider: name the op, not ONNX Runtime's traceback.
         found = re.search(r"implementation for (\S+) node with name '([^']*)'", str(error))

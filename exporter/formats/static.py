@@ -28,6 +28,7 @@ from ..static import check_usability, fixed_graph, save_sharing_weights, summary
 from ..validation import Runner
 from ..validation.runners import Run, loaded_or_raising, to_numpy
 from .base import Built, ExportJob, Format, register_format
+from .onnx import validation_options
 
 if TYPE_CHECKING:
     from favor.runtime.contract import Manifest
@@ -148,7 +149,13 @@ class StaticFormat(Format):
         (logits,) = [n for n in spec.output_names if n not in carried]
         state = [(s.input, s.output) for s in spec.states]
         pair = StaticLM(
-            files, self.batch, self.prefill_chunk, tokens, logits, state, options=_options()
+            files,
+            self.batch,
+            self.prefill_chunk,
+            tokens,
+            logits,
+            state,
+            options=validation_options(),
         )
 
         def run(inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
@@ -159,7 +166,7 @@ class StaticFormat(Format):
 
     def _encoder(self, files: Mapping[str, Path], spec: ModelSpec) -> Run:
         session = ort.InferenceSession(
-            str(files[ENCODER]), _options(), providers=["CPUExecutionProvider"]
+            str(files[ENCODER]), validation_options(), providers=["CPUExecutionProvider"]
         )
         fixed = {i.name: i.shape for i in session.get_inputs()}
         names = [t.name for t in spec.inputs]
@@ -185,14 +192,6 @@ class StaticFormat(Format):
             ]
 
         return run
-
-
-def _options() -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    # One thread makes the reductions' order, and so the reported errors, reproducible.
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 4
-    return options
 
 
 def _padded(array: np.ndarray, shape: list[int], mask: Sampler | None) -> np.ndarray:
