@@ -24,7 +24,7 @@ from .contract import ModelKind
 from .dtypes import numpy_dtype
 from .manifest import export_files
 from .sampling import check_sampling, sample_token
-from .session import Session, check_token_ids, session_options
+from .session import Session, check_token_ids
 from .static import StaticLM
 
 DEFAULT_PREFILL_CHUNK = 4096
@@ -85,7 +85,7 @@ class Generator:
         if static:
             files = export_files(session.manifest_path, session.manifest)
             self._drive = StaticLM.from_manifest(
-                session.manifest, files, providers=session.providers, options=session_options()
+                session.manifest, files, providers=session.providers, options=session.options
             ).run
         elif io_binding or (io_binding is None and self._device == "cuda"):
             self._drive = self._bound

@@ -99,9 +99,9 @@ class Session:
     Attributes: ``manifest`` (the typed :class:`~favor.runtime.contract.Manifest`),
     ``model`` (``"onnx"`` or ``"ort"``) and ``model_path`` (the file loaded),
     ``inputs``/``outputs`` (its tensor entries), ``state`` (``(input, output)`` name pairs),
-    ``kind``, ``providers``, ``device`` (``"cpu"`` or ``"cuda"``), ``text`` (encode and decode
-    text, where the export carries its vocabulary). :meth:`run` may be called
-    from several threads at once.
+    ``kind``, ``providers``, ``options`` (its ``SessionOptions``), ``device`` (``"cpu"`` or
+    ``"cuda"``), ``text`` (encode and decode text, where the export carries its vocabulary).
+    :meth:`run` may be called from several threads at once.
     """
 
     def __init__(
@@ -129,11 +129,12 @@ class Session:
             )
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        options = session_options(threads, optimization)
+        # Kept so that other graphs of the export (the --static pair) run as this one does.
+        self.options = session_options(threads, optimization)
         self.providers = resolve_providers(providers)
         try:
             self._session = ort.InferenceSession(
-                str(self.model_path), options, providers=self.providers
+                str(self.model_path), self.options, providers=self.providers
             )
         except Exception as error:  # onnxruntime's exception types are not exported
             hint = (

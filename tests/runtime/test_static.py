@@ -39,6 +39,14 @@ def test_static_pair_gives_the_dynamic_graphs_greedy_ids(static_dir, length):
     assert len(static) == 12
 
 
+@pytest.mark.parametrize("threads", [1, 2], ids=lambda n: f"threads{n}")
+def test_the_pair_runs_with_the_sessions_threads(static_dir, threads):
+    session = Session(static_dir, providers="cpu", threads=threads)
+    pair = Generator(session, static=True)._drive.__self__
+    for graph in pair.sessions.values():
+        assert graph.get_session_options().intra_op_num_threads == threads
+
+
 def test_the_generator_uses_the_pair_only_when_asked(static_dir, tmp_path):
     session = Session(static_dir, providers="cpu")
     assert isinstance(Generator(session, static=True)._drive.__self__, StaticLM)
