@@ -2,7 +2,9 @@
 
     python -m benchmarks.runtimes [--export build/char_lm] [--steps 800] [--burst 40]
 
-Rows: ``favor.runtime``'s Generator (IO binding) and plain ``InferenceSession.run`` in Python;
+Rows: ``favor.runtime``'s Generator, on the export's dynamic graph and on its ``--static``
+pair where it has one (the first-token and per-token latency of both), and plain
+``InferenceSession.run`` in Python;
 favor-runtime.mjs's Generator and bare ``session.run`` on onnxruntime-node; favor-runtime.mjs
 on onnxruntime-web (wasm) in headless Chromium; each with 1 and 2 threads. Probe rows explain
 the differences: ONNX Runtime's default thread count, the "echo" of the export (same inputs,
@@ -46,7 +48,7 @@ from benchmarks.runtimes_report import plot, render_table, size_line, summarize
 from favor.runtime.manifest import find_manifest, read_manifest
 
 DEFAULT_EXPORT = REPO_ROOT / "build" / "char_lm"
-BUILD = "favor-export samples/char_lm/char_lm.pt --opset 17 -o build/char_lm"
+BUILD = "favor-export samples/char_lm/char_lm.pt --opset 17 --static -o build/char_lm"
 RUNTIMES = ("python", "node", "browser")
 # Prefills per burst: the first runs while the processor recovers from the switch between
 # runtimes (steps right after a switch are up to 1.5x slower for some 10 ms, even without
@@ -275,7 +277,11 @@ def run(args: argparse.Namespace) -> dict:
             say(f"leaving out {runtime}: {reason}")
             notes.append(f"no {runtime} rows: {reason}")
             available.discard(runtime)
-    chosen = cases(available, probes=args.probes)
+    manifest = read_manifest(find_manifest(args.export), verify=False)
+    static = "static" in manifest
+    if not static:
+        notes.append(f"no static rows: the export has no --static graphs (`{BUILD}` writes them)")
+    chosen = cases(available, probes=args.probes, static=static)
     say("waiting for other processes to leave the machine quiet")
     before = wait_until_quiet(args.max_other_load, args.patience_s)
     with tempfile.TemporaryDirectory() as tmp:
@@ -293,7 +299,6 @@ def run(args: argparse.Namespace) -> dict:
             "run it again on a quieter machine"
         )
     rows = [summarize(case, *measured[case.key]) for case in chosen]
-    manifest = read_manifest(find_manifest(args.export), verify=False)
     config = ("loads", "prefill", "first_steps", "steps", "burst", "warmup_ms", "wasm_warmup_ms")
     report = {
         "argv": args.argv,

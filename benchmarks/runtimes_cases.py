@@ -19,7 +19,7 @@ class Case:
     favor's session options turn off."""
 
     runtime: str  # python, node or browser
-    variant: str  # python: generator or plain; node: generator or bare; browser: generator
+    variant: str  # python: generator, static or plain; node: generator or bare; browser: generator
     threads: int | None
     module: str = "onnxruntime-node"  # node's onnxruntime package
     echo: bool = False
@@ -42,7 +42,8 @@ class Case:
     def how(self) -> str:
         """What the row runs, for the table."""
         text = {
-            ("python", "generator"): "favor.runtime Generator (IO binding)",
+            ("python", "generator"): "favor.runtime Generator",
+            ("python", "static"): "favor.runtime Generator, --static pair",
             ("python", "plain"): "InferenceSession.run, numpy feeds (state copied)",
             ("node", "generator"): f"favor-runtime Generator, {self.module}",
             ("node", "bare"): f"bare session.run, {self.module}",
@@ -60,10 +61,12 @@ class Case:
         return "-".join([*parts, f"t{self.threads}" if self.threads else "tdefault"])
 
 
-def cases(runtimes: set[str], *, probes: bool) -> list[Case]:
-    """The rows for ``runtimes`` (a subset of python, node, browser), probes included or not."""
+def cases(runtimes: set[str], *, probes: bool, static: bool = False) -> list[Case]:
+    """The rows for ``runtimes`` (a subset of python, node, browser), probes included or not;
+    ``static``: the export has the ``--static`` pair, so Python also runs it."""
     rows = [
         *(Case("python", "generator", t) for t in (1, 2)),
+        *(Case("python", "static", t) for t in (1, 2) if static),
         *(Case("python", "plain", t) for t in (1, 2)),
         *(Case("node", "generator", t) for t in (1, 2)),
         *(Case("node", "bare", t) for t in (1, 2)),

@@ -67,6 +67,7 @@ def write_echo_export(export_dir: Path, out_dir: Path) -> Path:
     for entry in manifest["outputs"]:
         if entry["name"] not in {s["output"] for s in manifest["state"]}:
             entry["shape"] = [*entry["shape"][:-1], 1]
+    manifest.pop("static", None)  # the echo has no fixed-shape pair
     manifest.update(
         text=None,
         torchscript=None,

@@ -21,7 +21,7 @@ from favor.runtime import Generator, Session
 from favor.runtime.manifest import export_files, find_manifest, load_manifest
 from favor.runtime.session import session_options
 
-VARIANTS = ("generator", "plain")
+VARIANTS = ("generator", "static", "plain")
 
 
 class Decoder(Protocol):
@@ -79,7 +79,8 @@ class PythonRow:
     default), timed as the JavaScript runner times its rows (:meth:`start`, :meth:`burst`).
 
     ``generator``: ``Session`` (manifest read, files verified, session created) and
-    ``Generator``, the state kept in ONNX Runtime through IO binding. ``plain``: an
+    ``Generator``. ``static``: the same, the Generator driving the export's ``--static`` pair
+    (whole prefill chunks, then decode steps), both of its sessions created. ``plain``: an
     ``InferenceSession`` with favor's session options (``mem_pattern`` turns ONNX Runtime's
     memory pattern back on) and :class:`PlainDecoder`.
     """
@@ -108,9 +109,10 @@ class PythonRow:
         self.decoder: Decoder | None = None
 
     def load(self) -> Decoder:
-        if self.variant == "generator":
+        if self.variant in ("generator", "static"):
             session = Session(self.export_dir, "cpu", self.threads)
-            return Generator(session, prefill_chunk=self.plan["prefill"])
+            static = self.variant == "static"
+            return Generator(session, prefill_chunk=self.plan["prefill"], static=static)
         options = session_options(self.threads)
         options.enable_mem_pattern = self.mem_pattern
         created = ort.InferenceSession(str(self.onnx), options, providers=["CPUExecutionProvider"])

@@ -12,7 +12,8 @@ SAMPLE_LM = Path(__file__).resolve().parents[1] / "samples" / "char_lm" / "char_
 @pytest.fixture(scope="session")
 def char_lm_dir(tmp_path_factory):
     """The shipped sample LM as the README's main command exports it, with the vocabulary
-    beside it (ONNX only, to save time)."""
+    beside it (ONNX only, to save time), plus its ``--static`` pair (the runtimes benchmark
+    times both)."""
     out = tmp_path_factory.mktemp("char-lm")
-    export(SAMPLE_LM, out, formats="onnx")
+    export(SAMPLE_LM, out, formats="onnx", static=True)
     return out

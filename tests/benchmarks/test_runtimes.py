@@ -42,7 +42,8 @@ def tiny_run(char_lm_dir, tmp_path_factory):
 @needs_js
 def test_every_row_is_measured_with_positive_finite_times(tiny_run):
     report, _ = tiny_run
-    want = [case.key for case in cases({"python", "node", "browser"}, probes=True)]
+    want = [case.key for case in cases({"python", "node", "browser"}, probes=True, static=True)]
+    assert {"python-static-t1", "python-static-t2"} <= set(want)
     assert [row["key"] for row in report["rows"]] == want
     for row in report["rows"]:
         for key in TIMES:
